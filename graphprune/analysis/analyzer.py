@@ -1,0 +1,286 @@
+"""The dependency analyzer: run every node's rule, join the ties, and read off groups of coupled channels.
+
+Two passes: pass A runs without the reshape rules' merge/split ties to learn which axes are channel-like
+(reach a weight's channel axis); pass B runs everything, letting Reshape/Flatten pick the channel-carrying
+axis among the axes they merge or split (NCHW and NHWC flatten, attention heads, channel shuffle).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..graph import GraphView
+from . import registry
+from .context import Role, RuleContext
+from .spaces import Space, SpaceTable, connected_components
+
+
+@dataclass
+class AnalysisOptions:
+    exclude: tuple[str, ...] = ()
+    prune_head_dim: bool = False
+    prune_hidden: bool = False
+    input_shapes: dict = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    """Units (channels) that are pruned the same way in every space listed: one row of `graphprune analyze`."""
+
+    id: int
+    key: str  # the anchor space, "tensor:axis": stable across runs, used by plans
+    units: np.ndarray  # unit root ids, in anchor order
+    spaces: list[int]
+    frozen: bool
+    reasons: list[str]
+    nodes: list[str]  # nodes whose weights this group slices
+    producers: list[str]
+    consumers: list[str]
+    round_multiple: int = 1  # channels per unit in the group's data spaces (for --round-to)
+
+    @property
+    def size(self) -> int:
+        return len(self.units)
+
+
+@dataclass
+class Analysis:
+    view: GraphView
+    spaces: SpaceTable
+    roots: np.ndarray  # element id -> unit root id
+    roles: list[Role]
+    groups: list[Group]
+    channel_groups: list[Group]  # groups that touch a weight (the ones users care about)
+    space_reasons: dict[int, list[tuple[str, bool]]]
+
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.channel_groups if not g.frozen]
+
+    @property
+    def frozen(self) -> list[Group]:
+        return [g for g in self.channel_groups if g.frozen]
+
+    def group(self, key: str) -> Group:
+        for g in self.groups:
+            if g.key == key:
+                return g
+        raise KeyError(key)
+
+    def kept_mask(self, space: Space, removed_roots: np.ndarray) -> np.ndarray:
+        r = self.roots[space.offset:space.offset + space.size]
+        return ~np.isin(r, removed_roots)
+
+
+class _Analyzer:
+    def __init__(self, view: GraphView, options: AnalysisOptions):
+        self.view = view
+        self.options = options
+        self.spaces = SpaceTable()
+        for name in self._all_tensors():
+            self.spaces.add_tensor(name, view.shape(name), view.is_stored_constant(name))
+        self._channel_like: np.ndarray | None = None  # per space id, after pass A
+        self._reset()
+
+    def _reset(self):
+        self.ties_u: list[np.ndarray] = []
+        self.ties_v: list[np.ndarray] = []
+        self.roles: list[Role] = []
+        self.reasons: dict[int, list[tuple[str, bool]]] = {}
+        self.frozen_elements: list[tuple[np.ndarray, str]] = []
+
+    def _all_tensors(self):
+        seen = dict.fromkeys(self.view.input_names)
+        for n in self.view.nodes:
+            seen.update(dict.fromkeys(t for t in list(n.input) + list(n.output) if t))
+        seen.update(dict.fromkeys(self.view.output_names))
+        return list(seen)
+
+    # ---- collecting ---------------------------------------------------------------------------------
+    def add_tie(self, e1: np.ndarray, e2: np.ndarray) -> None:
+        self.ties_u.append(e1)
+        self.ties_v.append(e2)
+
+    def freeze(self, space_id: int, reason: str, silent: bool = False) -> None:
+        lst = self.reasons.setdefault(space_id, [])
+        if len(lst) < 4 and (reason, silent) not in lst:
+            lst.append((reason, silent))
+
+    def freeze_elements(self, elements: np.ndarray, reason: str) -> None:
+        self.frozen_elements.append((np.asarray(elements, dtype=np.int64), reason))
+
+    def is_channel_like(self, tensor: str, axis: int) -> bool:
+        sp = self.spaces.get(tensor, axis)
+        if sp is None or self._channel_like is None:
+            return False
+        return bool(self._channel_like[sp.id])
+
+    # ---- running ------------------------------------------------------------------------------------
+    def run_pass(self, pass_name: str) -> None:
+        self._reset()
+        self.pass_name = pass_name
+        view = self.view
+        for i, node in enumerate(view.nodes):
+            ctx = RuleContext(self, i)
+            ctx.pass_name = pass_name
+            rule = registry.lookup(node.domain, node.op_type)
+            if rule is None:
+                dom = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
+                ctx.freeze_node(f"no rule for op {dom}{node.op_type} (node '{ctx.name}')")
+                continue
+            try:
+                rule.analyze(ctx)
+            except Exception as exc:  # noqa: BLE001 - a rule that cannot read its node freezes it
+                ctx.freeze_node(f"{node.op_type} '{ctx.name}' could not be analyzed: {exc}")
+            for t in list(node.input) + list(node.output):
+                if not t:
+                    continue
+                for sp in self.spaces.of_tensor(t):
+                    if (t, sp.axis) not in ctx.touched:
+                        self.freeze(sp.id, f"{node.op_type} '{ctx.name}' does not describe axis {sp.axis} of '{t}'")
+        for name in view.input_names:
+            for sp in self.spaces.of_tensor(name):
+                self.freeze(sp.id, f"reaches graph input '{name}'")
+        for name in view.output_names:
+            for sp in self.spaces.of_tensor(name):
+                self.freeze(sp.id, f"reaches graph output '{name}'")
+        for name, owner in view.subgraph_captures.items():
+            for sp in self.spaces.of_tensor(name):
+                self.freeze(sp.id, f"read inside the subgraph of '{owner}'")
+        self._apply_excludes()
+
+    def _apply_excludes(self) -> None:
+        pats = self.options.exclude
+        if not pats:
+            return
+        for i, node in enumerate(self.view.nodes):
+            name = self.view.names[i]
+            hit = next((p for p in pats if fnmatch.fnmatchcase(name, p)), None)
+            if hit is None:
+                continue
+            tensors = [t for t in node.input if t and self.view.is_constant(t)] + [t for t in node.output if t]
+            for t in tensors:
+                for sp in self.spaces.of_tensor(t):
+                    self.freeze(sp.id, f"excluded by --exclude '{hit}' (node '{name}')")
+        for name in self.view.initializers:
+            hit = next((p for p in pats if fnmatch.fnmatchcase(name, p)), None)
+            if hit is None:
+                continue
+            for sp in self.spaces.of_tensor(name):
+                self.freeze(sp.id, f"excluded by --exclude '{hit}' (initializer '{name}')")
+        # Constants seen through Transpose/Cast: freeze the tensor the consuming node sees as well.
+
+    def components(self) -> np.ndarray:
+        u = np.concatenate(self.ties_u) if self.ties_u else np.zeros(0, np.int64)
+        v = np.concatenate(self.ties_v) if self.ties_v else np.zeros(0, np.int64)
+        return connected_components(self.spaces.total, u, v)
+
+    def analyze(self) -> Analysis:
+        self.run_pass("A")
+        roots = self.components()
+        weight_roots = np.zeros(self.spaces.total, dtype=bool)
+        for r in self.roles:
+            if r.weight:
+                sp = self.spaces.spaces[r.space]
+                weight_roots[roots[sp.offset:sp.offset + sp.size]] = True
+        self._channel_like = np.array(
+            [bool(weight_roots[roots[sp.offset:sp.offset + sp.size]].any()) for sp in self.spaces.spaces],
+            dtype=bool)
+        self.run_pass("B")
+        roots = self.components()
+        return self._build(roots)
+
+    # ---- reading off groups -------------------------------------------------------------------------
+    def _build(self, roots: np.ndarray) -> Analysis:
+        spaces = self.spaces
+        sid = spaces.space_of_element()
+        # (root, space) incidence, unique.
+        key = roots * len(spaces.spaces) + sid if spaces.spaces else roots
+        uniq = np.unique(key)
+        inc_root = uniq // max(len(spaces.spaces), 1)
+        inc_space = uniq % max(len(spaces.spaces), 1)
+        # Group units by their set of spaces (their signature).
+        order = np.lexsort((inc_space, inc_root))
+        inc_root, inc_space = inc_root[order], inc_space[order]
+        bounds = np.flatnonzero(np.diff(inc_root)) + 1
+        starts = np.concatenate([[0], bounds])
+        ends = np.concatenate([bounds, [len(inc_root)]])
+        elem_reason: dict[int, str] = {}
+        for elements, why in self.frozen_elements:
+            for r in np.unique(roots[elements]).tolist():
+                elem_reason.setdefault(r, why)
+        sig_units: dict[tuple, list[int]] = {}
+        for s, e in zip(starts, ends):
+            root = int(inc_root[s])
+            sig = (tuple(inc_space[s:e].tolist()), elem_reason.get(root))
+            sig_units.setdefault(sig, []).append(root)
+
+        role_by_space: dict[int, list[Role]] = {}
+        for r in self.roles:
+            role_by_space.setdefault(r.space, []).append(r)
+
+        groups: list[Group] = []
+        for (sig, elem_why), units in sig_units.items():
+            units_arr = np.array(units, dtype=np.int64)
+            g = self._make_group(len(groups), list(sig), units_arr, roots, role_by_space, elem_why)
+            groups.append(g)
+        groups.sort(key=lambda g: min(g.spaces))
+        for i, g in enumerate(groups):
+            g.id = i
+        channel = [g for g in groups if g.nodes]
+        return Analysis(self.view, spaces, roots, self.roles, groups, channel, self.reasons)
+
+    def _make_group(self, gid, sig, units, roots, role_by_space, elem_why=None) -> Group:
+        spaces = [self.spaces.spaces[s] for s in sig]
+        unit_set = units
+        # Anchor: the smallest space whose every element belongs to this group (exclusive), else smallest.
+        def exclusive(sp):
+            return np.isin(roots[sp.offset:sp.offset + sp.size], unit_set).all()
+
+        cands = sorted(spaces, key=lambda sp: (sp.size, sp.id))
+        anchor = next((sp for sp in cands if exclusive(sp)), cands[0])
+        r = roots[anchor.offset:anchor.offset + anchor.size]
+        # Order units by their first element in the anchor.
+        first = {}
+        for pos, root in enumerate(r.tolist()):
+            first.setdefault(root, pos)
+        ordered = np.array(sorted(unit_set.tolist(), key=lambda u: first.get(u, 1 << 60)), dtype=np.int64)
+
+        reasons, silent_reasons = ([elem_why] if elem_why else []), []
+        for sp in spaces:
+            for why, silent in self.reasons.get(sp.id, []):
+                (silent_reasons if silent else reasons).append(why)
+        frozen = bool(reasons or silent_reasons)
+        shown = list(dict.fromkeys(reasons or silent_reasons))[:3]
+
+        nodes, producers, consumers = [], [], []
+        for sp in spaces:
+            for role in role_by_space.get(sp.id, []):
+                if not role.weight:
+                    continue
+                nm = self.view.names[role.node]
+                if nm not in nodes:
+                    nodes.append(nm)
+                (producers if role.kind == "producer" else consumers).append(nm)
+        # Channels per unit in data spaces decide what --round-to can promise.
+        per_unit = [sp.size // max(len(units), 1) for sp in spaces if not sp.constant
+                    and np.isin(roots[sp.offset:sp.offset + sp.size], unit_set).all()]
+        mult = min(per_unit) if per_unit else 1
+        return Group(gid, anchor.key, ordered, list(sig), frozen, shown, nodes,
+                     list(dict.fromkeys(producers)), list(dict.fromkeys(consumers)), max(mult, 1))
+
+
+def analyze(model_or_view, options: AnalysisOptions | None = None) -> Analysis:
+    """Find the groups of coupled channels of a model (ModelProto or GraphView)."""
+    from . import rules  # noqa: F401 - registers the op rules
+
+    options = options or AnalysisOptions()
+    view = model_or_view if isinstance(model_or_view, GraphView) else GraphView(model_or_view, options.input_shapes)
+    return _Analyzer(view, options).analyze()
+
+
+__all__ = ["Analysis", "AnalysisOptions", "Group", "analyze", "onnx"]

@@ -1,0 +1,79 @@
+"""Gemm and MatMul: the contraction axes of both operands are tied; the other axes pass to the output.
+
+When an operand is a constant (a weight, possibly seen through Transpose/Cast/Identity), its contraction
+axis consumes channels and its other matrix axis produces them. Two activations (attention's Q·Kᵀ and
+P·V) are handled by the same ties.
+"""
+
+from __future__ import annotations
+
+from ..registry import register
+
+
+def _roles(ctx, operand, k_axis, n_axis):
+    if ctx.is_weight(operand):
+        ctx.role("consumer", operand, k_axis)
+        if n_axis is not None:
+            ctx.role("producer", operand, n_axis)
+    else:
+        ctx.role("consumer", operand, k_axis)
+
+
+@register("linear", "Gemm")
+def gemm(ctx):
+    """Gemm (transA/transB): Y[M, N] = A[M, K] · B[K, N] + C."""
+    a, b, c, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    if ctx.rank(a) != 2 or ctx.rank(b) != 2:
+        ctx.freeze_node(f"Gemm '{ctx.name}': operand shapes unknown")
+        return
+    ta, tb = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    a_m, a_k = (1, 0) if ta else (0, 1)
+    b_k, b_n = (1, 0) if tb else (0, 1)
+    ctx.tie(a, a_m, y, 0)
+    ctx.tie(a, a_k, b, b_k)
+    ctx.tie(b, b_n, y, 1)
+    if c:
+        ctx.elementwise([c], y)
+    if ctx.is_weight(b):
+        _roles(ctx, b, b_k, b_n)
+    elif ctx.is_weight(a):
+        _roles(ctx, a, a_k, a_m)
+    else:
+        ctx.role("consumer", a, a_k)
+
+
+@register("linear", "MatMul")
+def matmul(ctx):
+    """MatMul with numpy semantics: [..., M, K] · [..., K, N], batch axes broadcast."""
+    a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
+    if ra is None or rb is None or ry is None:
+        ctx.freeze_node(f"MatMul '{ctx.name}': operand shapes unknown")
+        return
+    if ra == 1 and rb == 1:
+        ctx.tie(a, 0, b, 0)
+        ctx.role("consumer", a, 0)
+        return
+    a_k = ra - 1
+    b_k = 0 if rb == 1 else rb - 2
+    ctx.tie(a, a_k, b, b_k)
+    a_m = ra - 2 if ra >= 2 else None
+    b_n = rb - 1 if rb >= 2 else None
+    # Output layout: batch..., [M if a is 2-D+], [N if b is 2-D+].
+    y_n = ry - 1 if b_n is not None else None
+    y_m = (ry - 2 if b_n is not None else ry - 1) if a_m is not None else None
+    if a_m is not None:
+        ctx.tie(a, a_m, y, y_m)
+    if b_n is not None:
+        ctx.tie(b, b_n, y, y_n)
+    nb_y = ry - (a_m is not None) - (b_n is not None)
+    for t, r, nmat in ((a, ra, 2 if ra >= 2 else 1), (b, rb, 2 if rb >= 2 else 1)):
+        nb = r - nmat
+        for ax in range(nb):
+            ctx.tie(t, ax, y, nb_y - nb + ax)
+    if ctx.is_weight(b):
+        _roles(ctx, b, b_k, b_n)
+    elif ctx.is_weight(a):
+        _roles(ctx, a, a_k, a_m)
+    else:
+        ctx.role("consumer", a, a_k)

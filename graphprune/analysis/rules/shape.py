@@ -1,0 +1,625 @@
+"""Layout ops: index maps between the channel axes of inputs and outputs.
+
+Concat/Split/Slice map channels through offsets; Transpose/Squeeze/Unsqueeze move axes; Reshape and
+Flatten merge or split axes, and then exactly one of the merged axes carries channels (the one that is
+channel-like; NCHW or NHWC flatten, attention heads, channel shuffle); DepthToSpace/SpaceToDepth map
+channels to blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import register
+from ..shape_values import ConstEntry, DimEntry, shape_entries
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def factor_groups(a: list, b: list):
+    """Pair runs of input axes with runs of output axes of equal product (None = unknown dim).
+
+    Returns (groups, unmatched_in, unmatched_out): groups from the left, then from the right, with what
+    could not be paired in the middle."""
+    left, i, j = _factor(a, b)
+    if i == len(a) and j == len(b):
+        return left, [], []
+    ra, rb = a[i:][::-1], b[j:][::-1]
+    right, ri, rj = _factor(ra, rb)
+    na, nb = len(a), len(b)
+    right = [([na - 1 - x for x in I][::-1], [nb - 1 - y for y in J][::-1]) for I, J in right]
+    mid_in = list(range(i, na - ri))
+    mid_out = list(range(j, nb - rj))
+    return left + right[::-1], mid_in, mid_out
+
+
+def _factor(a, b):
+    groups = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        if i < len(a) and a[i] == 1 and (j >= len(b) or b[j] != 1):
+            groups.append(([i], []))
+            i += 1
+            continue
+        if j < len(b) and b[j] == 1 and (i >= len(a) or a[i] != 1):
+            groups.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(a) or j >= len(b):
+            break
+        if a[i] is None or b[j] is None:
+            if a[i] is None and b[j] is None:
+                groups.append(([i], [j]))
+                i += 1
+                j += 1
+                continue
+            break
+        gi, gj, pa, pb = [i], [j], a[i], b[j]
+        ii, jj = i + 1, j + 1
+        ok = True
+        while pa != pb:
+            if pa < pb:
+                if ii >= len(a) or a[ii] is None:
+                    ok = False
+                    break
+                pa *= a[ii]
+                gi.append(ii)
+                ii += 1
+            else:
+                if jj >= len(b) or b[jj] is None:
+                    ok = False
+                    break
+                pb *= b[jj]
+                gj.append(jj)
+                jj += 1
+        if not ok:
+            break
+        groups.append((gi, gj))
+        i, j = ii, jj
+    return groups, i, j
+
+
+def _big(shape, axes):
+    return [ax for ax in axes if shape[ax] is not None and shape[ax] > 1]
+
+
+def _pick_carrier(ctx, tensor, axes, shape, lookahead_perm=None):
+    """Which of several merged/split axes carries the channels."""
+    like = [ax for ax in axes if ctx.channel_like(tensor, ax)]
+    if len(like) == 1:
+        return like[0]
+    cands = like or axes
+    if lookahead_perm is not None:
+        return min(cands, key=lambda ax: lookahead_perm.index(ax))
+    if ctx.options.prune_head_dim and len(cands) == 2 and not like:
+        return cands[-1]
+    return cands[0]
+
+
+def _merge_split_ties(ctx, x, y, groups, mid_in, mid_out):
+    """Ties for the factor groups of a reshape-like op (shared by Reshape, Flatten)."""
+    sx, sy = ctx.shape(x), ctx.shape(y)
+    for ax in mid_in:
+        ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' regroups axis {ax} in a way no rule describes")
+    for ax in mid_out:
+        ctx.fix(y, ax, f"{ctx.op} '{ctx.name}' regroups axis {ax} in a way no rule describes")
+    perm = _single_transpose_consumer(ctx, y)
+    for I, J in groups:
+        bi, bj = _big(sx, I), _big(sy, J)
+        for ax in I:
+            ctx.free(x, ax)
+        for ax in J:
+            ctx.free(y, ax)
+        if not bi and not bj:
+            continue
+        if len(bi) == 1 and len(bj) == 1:
+            ctx.tie(x, bi[0], y, bj[0])
+            continue
+        if len(bi) > 1 and len(bj) > 1:
+            for ax in bi:
+                ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' regroups axes {bi} into {bj}")
+            for ax in bj:
+                ctx.fix(y, ax, f"{ctx.op} '{ctx.name}' regroups axes {bi} into {bj}")
+            continue
+        if ctx.pass_name == "A":
+            continue  # merge/split ties wait until channel-like axes are known
+        if len(bi) > 1:  # merge: x axes bi -> y axis bj[0]
+            dims = [sx[ax] for ax in bi]
+            c = _pick_carrier(ctx, x, bi, sx)
+            coords = np.indices(dims).reshape(len(dims), -1)[bi.index(c)]
+            ctx.tie(y, bj[0], x, c, np.arange(len(coords)), coords)
+            for ax in bi:
+                if ax != c:
+                    ctx.fix(x, ax, _non_carrier_reason(ctx, x, ax))
+        else:  # split: x axis bi[0] -> y axes bj
+            dims = [sy[ax] for ax in bj]
+            c = _pick_carrier(ctx, y, bj, sy, perm)
+            coords = np.indices(dims).reshape(len(dims), -1)[bj.index(c)]
+            ctx.tie(x, bi[0], y, c, np.arange(len(coords)), coords)
+            for ax in bj:
+                if ax != c:
+                    ctx.fix(y, ax, _non_carrier_reason(ctx, y, ax))
+
+
+def _non_carrier_reason(ctx, t, ax):
+    if ctx.channel_like(t, ax):
+        return (f"{ctx.op} '{ctx.name}' merges axis {ax} of '{t}' with another channel axis; only one of them "
+                f"can be cut")
+    return None
+
+
+def _single_transpose_consumer(ctx, y):
+    cons = ctx.view.consumers.get(y, [])
+    if len(cons) == 1:
+        node = ctx.view.nodes[cons[0][0]]
+        if node.op_type == "Transpose":
+            r = ctx.rank(y)
+            perm = ctx.view.attr(node, "perm", list(range(r - 1, -1, -1)) if r else None)
+            return list(perm) if perm is not None else None
+    return None
+
+
+def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None):
+    """Make sure every output axis that may be cut has a shape entry the rewrite can follow."""
+    shp = ctx.input(shape_input_index)
+    for ax in ctx.axes(shp):
+        ctx.fix(shp, ax)
+    entries = shape_entries(ctx.view, shp, ctx.index, shape_input_index)
+    for ax in ctx.axes(y):
+        if ctx.space(y, ax) is None:
+            continue
+        e = entries[ax] if entries is not None and ax < len(entries) else None
+        if isinstance(e, ConstEntry):
+            if e.value == 0 and not (allow_zero_from and allow_zero_from(ax)):
+                ctx.fix(y, ax, f"{ctx.op} '{ctx.name}' copies axis {ax} from its input with a 0 entry")
+            continue
+        if isinstance(e, DimEntry):
+            if ctx.space(e.tensor, e.axis) is not None:
+                ctx.tie(y, ax, e.tensor, e.axis)
+            continue
+        ctx.fix(y, ax, f"{ctx.op} '{ctx.name}': shape entry {ax} is computed at run time")
+
+
+def rewrite_shape_input(rctx, shape_input_index: int, out: str) -> None:
+    """Rewrite constant shape entries (direct or Concat pieces) to the new output dims."""
+    entries = shape_entries(rctx.view, rctx.node.input[shape_input_index], rctx.index, shape_input_index)
+    if entries is None:
+        return
+    changes: dict[tuple, dict[int, int]] = {}
+    for ax, e in enumerate(entries):
+        if not isinstance(e, ConstEntry) or e.value <= 1:
+            continue
+        new = rctx.new_dim(out, ax)
+        if new != e.value and new is not None:
+            changes.setdefault((e.tensor, e.reader, e.reader_input), {})[e.index] = new
+    for (tensor, reader, reader_input), edits in changes.items():
+        value = np.array(rctx.const(tensor))
+        flat = value.reshape(-1)
+        for i, v in edits.items():
+            flat[i] = v
+        rctx.set_const(tensor, reader, reader_input, flat.reshape(value.shape))
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+
+@register("layout", "Constant")
+def constant(ctx):
+    """Constant: its value is sliced like an initializer wherever its axes are tied."""
+    for ax in ctx.axes(ctx.output(0)):
+        ctx.free(ctx.output(0), ax)
+
+
+@register("layout", "Shape", "Size")
+def shape_op(ctx):
+    """Shape/Size: only observe the input; a shape read later follows the pruned sizes."""
+    for ax in ctx.axes(ctx.input(0)):
+        ctx.free(ctx.input(0), ax)
+    ctx.fix_tensor(ctx.output(0))
+
+
+@register("layout", "ConstantOfShape")
+def constant_of_shape(ctx):
+    """ConstantOfShape: a tensor built from a run-time shape."""
+    ctx.fix_tensor(ctx.input(0))
+    for ax in ctx.axes(ctx.output(0)):
+        ctx.fix(ctx.output(0), ax, f"ConstantOfShape '{ctx.name}' builds this axis from a run-time shape")
+
+
+@register("layout", "Transpose")
+def transpose(ctx):
+    """Transpose: output axis i is input axis perm[i]."""
+    x, y = ctx.input(0), ctx.output(0)
+    r = ctx.rank(x)
+    if r is None:
+        ctx.freeze_node(f"Transpose '{ctx.name}': input rank unknown")
+        return
+    perm = ctx.attr("perm", list(range(r - 1, -1, -1)))
+    for i, p in enumerate(perm):
+        ctx.tie(x, p, y, i)
+
+
+def _axes_arg(ctx, k):
+    axes = ctx.attr("axes", None)
+    if axes is None and len(ctx.inputs) > k and ctx.input(k):
+        v = ctx.const(ctx.input(k))
+        ctx.fix_tensor(ctx.input(k))
+        if v is None:
+            return "dynamic"
+        axes = [int(a) for a in np.ravel(v)]
+    return axes
+
+
+@register("layout", "Squeeze", "Unsqueeze")
+def squeeze(ctx):
+    """Squeeze/Unsqueeze: remove or insert size-1 axes; the others keep their order."""
+    x, y = ctx.input(0), ctx.output(0)
+    rx, ry = ctx.rank(x), ctx.rank(y)
+    axes = _axes_arg(ctx, 1)
+    if rx is None or ry is None or axes == "dynamic":
+        ctx.freeze_node(f"{ctx.op} '{ctx.name}': axes or ranks unknown")
+        return
+    if ctx.op == "Unsqueeze":
+        ins = {a % ry for a in axes}
+        kept_out = [a for a in range(ry) if a not in ins]
+        pairs = zip(range(rx), kept_out)
+    else:
+        sx = ctx.shape(x)
+        rem = {a % rx for a in axes} if axes else {a for a in range(rx) if sx[a] == 1}
+        pairs = zip([a for a in range(rx) if a not in rem], range(ry))
+    for a, b in pairs:
+        ctx.tie(x, a, y, b)
+
+
+@register("layout", "Flatten")
+def flatten(ctx):
+    """Flatten: axes [0, axis) and [axis, r) each merge into one (a channel becomes a block of features)."""
+    x, y = ctx.input(0), ctx.output(0)
+    sx, sy = ctx.shape(x), ctx.shape(y)
+    if sx is None or sy is None:
+        ctx.freeze_node(f"Flatten '{ctx.name}': shapes unknown")
+        return
+    axis = ctx.attr("axis", 1) % max(len(sx), 1) if len(sx) else 0
+    groups = [(list(range(0, axis)), [0]), (list(range(axis, len(sx))), [1])]
+    if any(sx[a] is None for a in range(axis, len(sx))):
+        for ax in range(axis, len(sx)):
+            ctx.fix(x, ax, f"Flatten '{ctx.name}': dynamic dims in the flattened axes")
+        ctx.fix(y, 1, f"Flatten '{ctx.name}': dynamic dims in the flattened axes")
+        groups = groups[:1]
+    if any(sx[a] is None for a in range(0, axis)) and axis > 1:
+        for ax in range(0, axis):
+            ctx.fix(x, ax)
+        ctx.fix(y, 0)
+        groups = groups[1:]
+    _merge_split_ties(ctx, x, y, groups, [], [])
+
+
+def rewrite_reshape(rctx):
+    rewrite_shape_input(rctx, 1, rctx.node.output[0])
+
+
+@register("layout", "Reshape", rewrite=rewrite_reshape)
+def reshape(ctx):
+    """Reshape: factor groups of equal product; merges/splits cut only their channel-carrying axis."""
+    x, y = ctx.input(0), ctx.output(0)
+    sx, sy = ctx.shape(x), ctx.shape(y)
+    if sx is None or sy is None:
+        ctx.freeze_node(f"Reshape '{ctx.name}': shapes unknown")
+        return
+    groups, mid_in, mid_out = factor_groups(sx, sy)
+    _merge_split_ties(ctx, x, y, groups, mid_in, mid_out)
+    one_to_one = {J[0]: I[0] for I, J in groups if len(I) == 1 and len(J) == 1}
+    _check_shape_input(ctx, y, 1, allow_zero_from=lambda ax: one_to_one.get(ax) == ax)
+
+
+@register("layout", "Concat")
+def concat(ctx):
+    """Concat: input k fills output channels [offset_k, offset_k + size_k)."""
+    y = ctx.output(0)
+    ry = ctx.rank(y)
+    if ry is None:
+        ctx.freeze_node(f"Concat '{ctx.name}': output rank unknown")
+        return
+    axis = ctx.attr("axis") % ry
+    offset = 0
+    for t in ctx.inputs:
+        if not t:
+            continue
+        st = ctx.shape(t)
+        d = st[axis] if st is not None else None
+        if d is None:
+            ctx.freeze_node(f"Concat '{ctx.name}': size of '{t}' along axis {axis} unknown")
+            return
+        for ax in range(ry):
+            if ax != axis:
+                ctx.tie(t, ax, y, ax)
+        if d == 1:
+            ctx.fix_elements(y, axis, [offset], f"Concat '{ctx.name}' input '{t}' has a single channel")
+        else:
+            ctx.tie(t, axis, y, axis, None, offset + np.arange(d))
+        ctx.free(t, axis)
+        offset += d
+    ctx.free(y, axis)
+
+
+def _split_sizes(ctx, axis_dim):
+    if len(ctx.inputs) > 1 and ctx.input(1):
+        v = ctx.const(ctx.input(1))
+        return None if v is None else [int(s) for s in v]
+    split = ctx.attr("split", None)
+    if split is not None:
+        return list(split)
+    n = len(ctx.outputs)
+    if axis_dim is None:
+        return None
+    per = -(-axis_dim // n)
+    return [min(per, axis_dim - per * k) for k in range(n)]
+
+
+def rewrite_split(rctx):
+    node = rctx.node
+    x = node.input[0]
+    axis = rctx.attr("axis", 0) % len(rctx.old_shape(x))
+    old = [rctx.old_shape(o)[axis] for o in node.output]
+    new = [rctx.new_dim(o, axis) for o in node.output]
+    if old == new:
+        return
+    arr = np.array(new, dtype=np.int64)
+    if len(node.input) > 1 and node.input[1]:
+        rctx.set_input_const(1, arr)
+    elif rctx.attr("split", None) is not None:
+        rctx.set_attr("split", new)
+    elif rctx.view.opset() >= 13:
+        rctx.remove_attr("num_outputs")
+        rctx.set_input_const(1, arr)
+    else:
+        rctx.set_attr("split", new)
+
+
+@register("layout", "Split", rewrite=rewrite_split)
+def split(ctx):
+    """Split: output k takes input channels [offset_k, offset_k + size_k)."""
+    x = ctx.input(0)
+    sx = ctx.shape(x)
+    if sx is None:
+        ctx.freeze_node(f"Split '{ctx.name}': input shape unknown")
+        return
+    r = len(sx)
+    axis = ctx.attr("axis", 0) % r
+    if len(ctx.inputs) > 1 and ctx.input(1):
+        ctx.fix_tensor(ctx.input(1))
+    sizes = _split_sizes(ctx, sx[axis])
+    if sizes is None:
+        ctx.freeze_node(f"Split '{ctx.name}': split sizes computed at run time")
+        return
+    offset = 0
+    for y, d in zip(ctx.outputs, sizes):
+        for ax in range(r):
+            if ax != axis:
+                ctx.tie(x, ax, y, ax)
+        if d == 1:
+            ctx.fix_elements(x, axis, [offset], f"Split '{ctx.name}' output '{y}' has a single channel")
+        elif d > 1:
+            ctx.tie(y, axis, x, axis, None, offset + np.arange(d))
+        ctx.free(y, axis)
+        offset += d
+    ctx.free(x, axis)
+
+
+def _slice_params(ctx):
+    x = ctx.input(0)
+    r = ctx.rank(x)
+    if ctx.view.opset() < 10:
+        starts, ends = ctx.attr("starts"), ctx.attr("ends")
+        axes = ctx.attr("axes", list(range(len(starts))))
+        return starts, ends, axes, [1] * len(starts)
+    vals = []
+    for k in range(1, 5):
+        t = ctx.input(k)
+        if not t:
+            vals.append(None)
+            continue
+        v = ctx.const(t)
+        ctx.fix_tensor(t)
+        if v is None:
+            return None
+        vals.append([int(a) for a in np.ravel(v)])
+    starts, ends, axes, steps = vals
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    return starts, ends, [a % r for a in axes], steps
+
+
+def _norm_range(s, e, d):
+    s = s + d if s < 0 else s
+    e = e + d if e < 0 else e
+    return max(0, min(s, d)), max(0, min(e, d))
+
+
+def rewrite_slice(rctx):
+    node = rctx.node
+    x, y = node.input[0], node.output[0]
+    r = len(rctx.old_shape(x))
+    starts = [int(a) for a in np.ravel(rctx.const(node.input[1]))]
+    ends = [int(a) for a in np.ravel(rctx.const(node.input[2]))]
+    axes = ([int(a) % r for a in np.ravel(rctx.const(node.input[3]))]
+            if len(node.input) > 3 and node.input[3] else list(range(len(starts))))
+    changed = False
+    for k, ax in enumerate(axes):
+        kept = rctx.kept(x, ax)
+        if kept is None:
+            continue
+        s, e = _norm_range(starts[k], ends[k], rctx.old_shape(x)[ax])
+        new_s = int(np.searchsorted(kept, s))
+        starts[k], ends[k] = new_s, new_s + rctx.new_dim(y, ax)
+        changed = True
+    if changed:
+        rctx.set_input_const(1, np.array(starts, dtype=np.int64))
+        rctx.set_input_const(2, np.array(ends, dtype=np.int64))
+
+
+@register("layout", "Slice", rewrite=rewrite_slice)
+def slice_op(ctx):
+    """Slice with step 1: output channel k is input channel start + k."""
+    x, y = ctx.input(0), ctx.output(0)
+    sx = ctx.shape(x)
+    params = _slice_params(ctx) if sx is not None else None
+    if params is None:
+        ctx.freeze_node(f"Slice '{ctx.name}': bounds computed at run time or shapes unknown")
+        return
+    starts, ends, axes, steps = params
+    sliced = dict(zip(axes, zip(starts, ends, steps)))
+    opset_attr = ctx.view.opset() < 10
+    for ax in range(len(sx)):
+        if ax not in sliced:
+            ctx.tie(x, ax, y, ax)
+            continue
+        s, e, st = sliced[ax]
+        d = sx[ax]
+        if d is None:
+            ctx.fix(y, ax)
+            continue
+        if st != 1 or opset_attr:
+            ctx.fix(x, ax, f"Slice '{ctx.name}' uses step {st} on axis {ax}")
+            ctx.fix(y, ax, f"Slice '{ctx.name}' uses step {st} on axis {ax}")
+            continue
+        s, e = _norm_range(s, e, d)
+        n = max(e - s, 0)
+        ctx.free(x, ax)
+        ctx.free(y, ax)
+        if n == 1:
+            ctx.fix_elements(x, ax, [s], f"Slice '{ctx.name}' keeps a single channel")
+        elif n > 1:
+            ctx.tie(y, ax, x, ax, None, s + np.arange(n))
+
+
+def rewrite_gather(rctx):
+    node = rctx.node
+    x = node.input[0]
+    axis = rctx.attr("axis", 0) % len(rctx.old_shape(x))
+    kept = rctx.kept(x, axis)
+    if kept is None:
+        return
+    idx = np.array(rctx.const(node.input[1]))
+    d = rctx.old_shape(x)[axis]
+    idx = np.where(idx < 0, idx + d, idx)
+    rctx.set_input_const(1, np.searchsorted(kept, idx).astype(idx.dtype))
+
+
+@register("layout", "Gather", rewrite=rewrite_gather)
+def gather(ctx):
+    """Gather: constant indices select channels (an index map); data axes around it pass through."""
+    x, ind, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    sx, si = ctx.shape(x), ctx.shape(ind)
+    if sx is None or si is None:
+        ctx.freeze_node(f"Gather '{ctx.name}': shapes unknown")
+        return
+    r, ri = len(sx), len(si)
+    axis = ctx.attr("axis", 0) % r
+    for ax in range(axis):
+        ctx.tie(x, ax, y, ax)
+    for ax in range(axis + 1, r):
+        ctx.tie(x, ax, y, ax - 1 + ri)
+    idx = ctx.const(ind)
+    if ctx.is_weight(x) and not ctx.is_weight(ind):
+        # Embedding lookup: the table's row axis is a vocabulary, not channels.
+        ctx.fix(x, axis, f"Gather '{ctx.name}' looks up rows of '{x}'")
+        for ax in range(ri):
+            ctx.tie(ind, ax, y, axis + ax)
+        return
+    if idx is None:
+        ctx.fix(x, axis, f"Gather '{ctx.name}' selects along axis {axis} with run-time indices")
+        for ax in range(ri):
+            ctx.tie(ind, ax, y, axis + ax)
+        return
+    ctx.fix_tensor(ind)
+    d = sx[axis]
+    flat = np.ravel(idx).astype(np.int64)
+    flat = np.where(flat < 0, flat + (d or 0), flat)
+    ctx.free(x, axis)
+    if ri == 0:
+        ctx.fix_elements(x, axis, flat, f"Gather '{ctx.name}' reads a single channel")
+    elif ri == 1 and len(np.unique(flat)) == len(flat) and np.all(np.diff(flat) > 0):
+        ctx.tie(y, axis, x, axis, None, flat)
+    else:
+        ctx.fix(x, axis, f"Gather '{ctx.name}' repeats or reorders channels")
+        for ax in range(ri):
+            ctx.fix(y, axis + ax)
+
+
+def rewrite_expand(rctx):
+    rewrite_shape_input(rctx, 1, rctx.node.output[0])
+
+
+@register("layout", "Expand", rewrite=rewrite_expand)
+def expand(ctx):
+    """Expand: axes of equal size pass through; broadcast axes take the channels of whoever uses them."""
+    x, y = ctx.input(0), ctx.output(0)
+    sx, sy = ctx.shape(x), ctx.shape(y)
+    if sx is None or sy is None:
+        ctx.freeze_node(f"Expand '{ctx.name}': shapes unknown")
+        return
+    ry, rx = len(sy), len(sx)
+    for ax in range(rx):
+        ctx.tie(x, ax, y, ry - rx + ax)
+    for ax in range(ry):
+        ctx.free(y, ax)
+    _check_shape_input(ctx, y, 1, allow_zero_from=None)
+
+
+@register("layout", "Tile")
+def tile(ctx):
+    """Tile: axes repeated once pass through; repeated axes are not channels."""
+    x, y = ctx.input(0), ctx.output(0)
+    reps = ctx.const(ctx.input(1))
+    ctx.fix_tensor(ctx.input(1))
+    r = ctx.rank(x)
+    if reps is None or r is None:
+        ctx.freeze_node(f"Tile '{ctx.name}': repeats computed at run time")
+        return
+    for ax in range(r):
+        if int(reps[ax]) == 1:
+            ctx.tie(x, ax, y, ax)
+        else:
+            ctx.fix(x, ax, f"Tile '{ctx.name}' repeats axis {ax}")
+            ctx.fix(y, ax, f"Tile '{ctx.name}' repeats axis {ax}")
+
+
+def _block_map(ctx, blocks_first: bool, to_depth: bool):
+    """Channel maps for DepthToSpace (DCR/CRD) and SpaceToDepth."""
+    x, y = ctx.input(0), ctx.output(0)
+    sx = ctx.shape(x)
+    if sx is None or ctx.rank(x) != 4:
+        ctx.freeze_node(f"{ctx.op} '{ctx.name}': input shape unknown")
+        return
+    b = ctx.attr("blocksize")
+    ctx.tie(x, 0, y, 0)
+    for ax in (2, 3):
+        ctx.fix(x, ax)
+        ctx.fix(y, ax)
+    small, big = (x, y) if to_depth else (y, x)
+    c_small = ctx.shape(small)[1]
+    if c_small is None:
+        ctx.freeze_node(f"{ctx.op} '{ctx.name}': channel count unknown")
+        return
+    k = np.arange(b * b)
+    c = np.arange(c_small)
+    if blocks_first:  # big channel = k * C + c
+        big_idx = (k[:, None] * c_small + c[None, :]).ravel()
+        small_idx = np.tile(c, b * b)
+    else:  # big channel = c * b*b + k
+        big_idx = (c[:, None] * b * b + k[None, :]).ravel()
+        small_idx = np.repeat(c, b * b)
+    ctx.tie(big, 1, small, 1, big_idx, small_idx)
+
+
+@register("layout", "DepthToSpace")
+def depth_to_space(ctx):
+    """DepthToSpace: each output channel gathers blocksize² input channels (DCR or CRD order)."""
+    _block_map(ctx, blocks_first=ctx.attr("mode", b"DCR") in (b"DCR", "DCR"), to_depth=False)
+
+
+@register("layout", "SpaceToDepth")
+def space_to_depth(ctx):
+    """SpaceToDepth: each input channel spreads over blocksize² output channels."""
+    _block_map(ctx, blocks_first=True, to_depth=True)

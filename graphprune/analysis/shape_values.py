@@ -1,0 +1,105 @@
+"""Where each entry of a shape tensor (Reshape target, Expand shape, Resize sizes) comes from.
+
+Exporters write shape targets as constants, or build them at run time: Shape -> Gather -> Unsqueeze ->
+Concat with constant pieces. The rewrite can change a constant piece, and a piece read from another
+tensor's dimension follows that tensor automatically; anything else cannot be rewritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ConstEntry:
+    value: int
+    tensor: str  # stored constant holding the value
+    index: int  # flat index inside that constant
+    reader: int  # node that reads the constant
+    reader_input: int
+
+
+@dataclass(frozen=True)
+class DimEntry:
+    value: int | None
+    tensor: str  # the tensor whose dimension is read at run time
+    axis: int
+
+
+@dataclass(frozen=True)
+class OtherEntry:
+    value: int | None  # known by constant folding but not rewritable
+
+
+def shape_entries(view, tensor: str, reader: int, reader_input: int, depth: int = 0) -> list | None:
+    """Per-position provenance of a 1-D int tensor, or None if even its length is unknown."""
+    if depth > 12:
+        return None
+    if view.is_stored_constant(tensor):
+        v = view.const_value(tensor)
+        if v is None:
+            return None
+        return [ConstEntry(int(x), tensor, i, reader, reader_input) for i, x in enumerate(np.ravel(v))]
+    p = view.producer.get(tensor)
+    if p is None:
+        return None
+    node = view.nodes[p]
+    op = node.op_type
+    if op == "Concat":
+        out = []
+        for k, t in enumerate(node.input):
+            part = shape_entries(view, t, p, k, depth + 1)
+            if part is None:
+                return None
+            out.extend(part)
+        return out
+    if op in ("Unsqueeze", "Squeeze", "Identity", "Cast"):
+        return shape_entries(view, node.input[0], p, 0, depth + 1)
+    if op == "Shape":
+        src = node.input[0]
+        shp = view.shape(src)
+        if shp is None:
+            return None
+        r = len(shp)
+        start = view.attr(node, "start", 0)
+        end = view.attr(node, "end", r)
+        start, end = _clamp(start, r), _clamp(end, r)
+        return [DimEntry(shp[a], src, a) for a in range(start, end)]
+    if op == "Gather" and view.attr(node, "axis", 0) == 0:
+        base = shape_entries(view, node.input[0], p, 0, depth + 1)
+        idx = view.const_value(node.input[1])
+        if base is None or idx is None:
+            return _folded(view, tensor)
+        return [base[int(i)] for i in np.ravel(idx)]
+    if op == "Slice":
+        base = shape_entries(view, node.input[0], p, 0, depth + 1)
+        starts = view.const_value(node.input[1])
+        ends = view.const_value(node.input[2])
+        if base is None or starts is None or ends is None:
+            return _folded(view, tensor)
+        steps = view.const_value(node.input[4]) if len(node.input) > 4 and node.input[4] else [1]
+        return base[int(starts[0]):_end(int(ends[0]), len(base)):int(steps[0])]
+    return _folded(view, tensor)
+
+
+def _folded(view, tensor):
+    v = view.const_value(tensor)
+    if v is not None:
+        return [OtherEntry(int(x)) for x in np.ravel(v)]
+    shp = view.shape(tensor)
+    if shp is not None and len(shp) <= 1 and shp and shp[0] is not None:
+        return [OtherEntry(None) for _ in range(shp[0])]
+    return None
+
+
+def _clamp(a, r):
+    a = a + r if a < 0 else a
+    return max(0, min(a, r))
+
+
+def _end(e, n):
+    if e < 0:
+        e += n
+    return min(e, n)

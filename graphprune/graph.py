@@ -1,0 +1,268 @@
+"""A read-mostly index over an ONNX graph: producers, consumers, constants, shapes.
+
+We index the ModelProto directly instead of converting it to another IR so that the rewrite can edit
+weights in place (dtype-exact, bf16 and external data included) and everything it does not touch
+survives byte for byte.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Ops whose output is a constant when all inputs are constants, and that numpy evaluates cheaply.
+# Used to see weights through Transpose/Cast/Identity/DequantizeLinear and to read shape subgraphs.
+_FOLDABLE = {
+    "Identity", "Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Concat", "DequantizeLinear",
+    "Gather", "Unsqueeze", "Mul", "Add", "Sub", "Div", "Neg", "Slice", "Flatten", "Shape",
+}
+
+
+def node_display_name(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+class GraphView:
+    """Index of the main graph of a model. Shapes come from ONNX shape inference run once here."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None):
+        self.model = model
+        self.graph = model.graph
+        self.nodes: list[onnx.NodeProto] = list(self.graph.node)
+        self.names = [node_display_name(n, i) for i, n in enumerate(self.nodes)]
+        self.index_of = {id(n): i for i, n in enumerate(self.nodes)}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[tuple[int, int]]] = {}
+        for i, node in enumerate(self.nodes):
+            for o in node.output:
+                if o:
+                    self.producer[o] = i
+            for k, t in enumerate(node.input):
+                if t:
+                    self.consumers.setdefault(t, []).append((i, k))
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.input_names = [i.name for i in self.graph.input if i.name not in self.initializers]
+        self.output_names = [o.name for o in self.graph.output]
+        self.subgraph_captures = self._subgraph_captures()
+        self._shapes, self._dtypes = self._infer_shapes(input_shapes or {})
+        self._const_cache: dict[str, np.ndarray | None] = {}
+
+    # ---- shapes -------------------------------------------------------------------------------------
+    def _infer_shapes(self, input_shapes):
+        shapes: dict[str, list | None] = {}
+        dtypes: dict[str, int] = {}
+        model = self.model
+        if input_shapes:
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)
+            for vi in model.graph.input:
+                if vi.name in input_shapes:
+                    dims = vi.type.tensor_type.shape.dim
+                    new = input_shapes[vi.name]
+                    del dims[:]
+                    for d in new:
+                        dims.add().dim_value = int(d)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001 - inference is best effort; rules freeze what has no shape
+            inferred = model
+        g = inferred.graph
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            tt = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type"):
+                continue
+            dtypes[vi.name] = tt.elem_type
+            if tt.HasField("shape"):
+                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        for name, t in self.initializers.items():
+            shapes[name] = list(t.dims)
+            dtypes[name] = t.data_type
+        for node in self.nodes:
+            if node.op_type == "Constant" and node.output[0] not in shapes:
+                v = self.const_value_of_constant_node(node)
+                if v is not None:
+                    shapes[node.output[0]] = list(v.shape)
+        return shapes, dtypes
+
+    def shape(self, name: str) -> list | None:
+        """Dims of a tensor (int or None for dynamic), or None when even the rank is unknown."""
+        return self._shapes.get(name)
+
+    def dtype(self, name: str) -> int | None:
+        return self._dtypes.get(name)
+
+    # ---- constants ----------------------------------------------------------------------------------
+    @staticmethod
+    def const_value_of_constant_node(node: onnx.NodeProto) -> np.ndarray | None:
+        for a in node.attribute:
+            if a.name == "value":
+                return numpy_helper.to_array(a.t)
+            if a.name == "value_float":
+                return np.array(a.f, dtype=np.float32)
+            if a.name == "value_floats":
+                return np.array(list(a.floats), dtype=np.float32)
+            if a.name == "value_int":
+                return np.array(a.i, dtype=np.int64)
+            if a.name == "value_ints":
+                return np.array(list(a.ints), dtype=np.int64)
+        return None
+
+    def is_stored_constant(self, name: str) -> bool:
+        """True for initializers and Constant-node outputs: tensors whose bytes the rewrite can slice."""
+        if name in self.initializers:
+            return name not in self.input_names
+        p = self.producer.get(name)
+        return p is not None and self.nodes[p].op_type == "Constant"
+
+    def is_constant(self, name: str) -> bool:
+        return self.const_value(name) is not None
+
+    def const_value(self, name: str) -> np.ndarray | None:
+        """Value of a tensor computable from constants alone (weights seen through Transpose/Cast/...)."""
+        if name in self._const_cache:
+            return self._const_cache[name]
+        self._const_cache[name] = None  # guards against cycles
+        value = self._compute_const(name)
+        self._const_cache[name] = value
+        return value
+
+    def _compute_const(self, name: str) -> np.ndarray | None:
+        if name in self.initializers:
+            if name in self.input_names:
+                return None
+            return numpy_helper.to_array(self.initializers[name])
+        p = self.producer.get(name)
+        if p is None:
+            return None
+        node = self.nodes[p]
+        if node.op_type == "Constant":
+            return self.const_value_of_constant_node(node)
+        if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Shape":
+            shp = self.shape(node.input[0])
+            if shp is None or any(d is None for d in shp):
+                return None
+            start = _attr(node, "start", 0)
+            end = _attr(node, "end", None)
+            return np.array(shp[start:end], dtype=np.int64)
+        ins = []
+        for t in node.input:
+            if not t:
+                ins.append(None)
+                continue
+            v = self.const_value(t)
+            if v is None:
+                return None
+            ins.append(v)
+        try:
+            return _eval_simple(node, ins)
+        except Exception:  # noqa: BLE001 - anything unusual is simply "not constant"
+            return None
+
+    # ---- misc ---------------------------------------------------------------------------------------
+    def _subgraph_captures(self) -> dict[str, str]:
+        """Outer-scope tensors read inside If/Loop/Scan bodies, mapped to the node that captures them."""
+        captured: dict[str, str] = {}
+        for i, node in enumerate(self.nodes):
+            for a in node.attribute:
+                subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+                for sg in subs:
+                    for name in _free_names(sg):
+                        captured.setdefault(name, node_display_name(node, i))
+        return captured
+
+    def attr(self, node: onnx.NodeProto, name: str, default=None):
+        return _attr(node, name, default)
+
+    def opset(self, domain: str = "") -> int:
+        for o in self.model.opset_import:
+            if o.domain in (domain, "ai.onnx" if domain == "" else domain):
+                return o.version
+        return 0
+
+
+def _free_names(g: onnx.GraphProto) -> set[str]:
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+    used: set[str] = set()
+    for n in g.node:
+        used.update(x for x in n.input if x)
+        for a in n.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for sg in subs:
+                used |= _free_names(sg)
+        defined.update(n.output)
+    return used - defined
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _eval_simple(node: onnx.NodeProto, ins: list) -> np.ndarray:
+    op = node.op_type
+    x = ins[0]
+    if op == "Identity":
+        return x
+    if op == "Transpose":
+        perm = _attr(node, "perm", None)
+        return np.transpose(x, perm)
+    if op == "Cast":
+        to = _attr(node, "to")
+        return x.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    if op == "Reshape":
+        shape = [int(s) for s in ins[1]]
+        allowzero = _attr(node, "allowzero", 0)
+        if not allowzero:
+            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        return x.reshape(shape)
+    if op == "Flatten":
+        axis = _attr(node, "axis", 1)
+        axis = axis % x.ndim if x.ndim else 0
+        return x.reshape(int(np.prod(x.shape[:axis])), -1)
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = ins[1] if len(ins) > 1 and ins[1] is not None else _attr(node, "axes", None)
+        if op == "Squeeze":
+            return np.squeeze(x, axis=None if axes is None else tuple(int(a) for a in axes))
+        out = x
+        rank = x.ndim + len(axes)
+        for a in sorted(int(a) % rank for a in axes):
+            out = np.expand_dims(out, a)
+        return out
+    if op == "Concat":
+        return np.concatenate(ins, axis=_attr(node, "axis"))
+    if op == "DequantizeLinear":
+        scale = ins[1]
+        zp = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros((), dtype=x.dtype)
+        axis = _attr(node, "axis", 1)
+        if scale.ndim == 1 and x.ndim > 0 and scale.size > 1:
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+            zp = zp.reshape(shape) if zp.ndim == 1 else zp
+        return ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(scale.dtype)
+    if op == "Gather":
+        axis = _attr(node, "axis", 0)
+        return np.take(x, ins[1], axis=axis)
+    if op == "Slice":
+        starts, ends = ins[1], ins[2]
+        axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
+        steps = ins[4] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        sl = [slice(None)] * x.ndim
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            sl[int(a)] = slice(int(s), int(e), int(st))
+        return x[tuple(sl)]
+    binary = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract}
+    if op in binary:
+        return binary[op](x, ins[1]).astype(x.dtype)
+    if op == "Div":
+        if np.issubdtype(x.dtype, np.integer):
+            return (x // ins[1]).astype(x.dtype)
+        return (x / ins[1]).astype(x.dtype)
+    if op == "Neg":
+        return -x
+    raise NotImplementedError(op)

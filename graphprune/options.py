@@ -1,0 +1,64 @@
+"""PruneOptions: one dataclass feeds both the CLI flags and the Python keyword arguments."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import UsageError
+
+
+@dataclass
+class PruneOptions:
+    ratio: float = 0.5
+    max_ratio: float | None = None
+    round_to: int = 1
+    exclude: tuple[str, ...] = ()
+    importance: str = "l2"
+    input_shapes: dict = field(default_factory=dict)
+    seed: int = 0
+    validate: bool = True
+    prune_head_dim: bool = False
+    prune_hidden: bool = False
+
+    def check(self) -> PruneOptions:
+        if not (0.0 <= self.ratio < 1.0):
+            raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.max_ratio is not None and not (0.0 <= self.max_ratio < 1.0):
+            raise UsageError(f"--max-ratio must be in [0, 1), got {self.max_ratio}")
+        if self.round_to < 1:
+            raise UsageError(f"--round-to must be a positive integer, got {self.round_to}")
+        from graphprune.passes.scoring import IMPORTANCES
+
+        if self.importance not in IMPORTANCES:
+            raise UsageError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
+        self.exclude = tuple(self.exclude)
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["exclude"] = list(self.exclude)
+        return d
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> PruneOptions:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise UsageError(f"unknown option(s): {', '.join(unknown)}")
+        return cls(**kwargs).check()
+
+
+def parse_input_shapes(specs: list[str]) -> dict[str, list[int]]:
+    """`name:1,3,224,224` (onnxsim style); several may be given."""
+    out = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        if not sep or not name:
+            raise UsageError(f"--input-shape '{spec}' must look like name:1,3,224,224")
+        try:
+            out[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise UsageError(f"--input-shape '{spec}': dims must be integers") from None
+        if any(d <= 0 for d in out[name]):
+            raise UsageError(f"--input-shape '{spec}': dims must be positive")
+    return out

@@ -1,0 +1,1 @@
+"""Pipeline passes, one per module: scoring, allocation, rewrite, validate (installed as graphprune.passes)."""

@@ -1,0 +1,41 @@
+"""Allocation pass: how many units each group loses, and which (the lowest scored).
+
+Uniform allocation removes the fraction `ratio` of every prunable group (the Torch-Pruning convention),
+capped by `max_ratio`, keeping at least one unit and, with `round_to`, a kept channel count that is a
+multiple of it where the group is large enough.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphprune.plan import GroupCut, Plan
+
+
+def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, channels_per_unit: int) -> int:
+    """Units to keep in a group of n units."""
+    r = min(ratio, max_ratio) if max_ratio is not None else ratio
+    keep = n - int(math.floor(n * r + 1e-9))
+    if round_to > 1:
+        q = round_to // math.gcd(round_to, channels_per_unit)
+        if q > 1 and n >= q:
+            keep = max(q, int(math.floor(keep / q + 0.5)) * q)
+            keep = min(keep, (n // q) * q) if keep > n else keep
+    return max(1, min(n, keep))
+
+
+def allocate_uniform(analysis, scores: dict[str, np.ndarray], ratio: float, fingerprint: str,
+                     max_ratio: float | None = None, round_to: int = 1, options: dict | None = None) -> Plan:
+    plan = Plan(fingerprint, options=dict(options or {}))
+    for g in analysis.prunable:
+        keep = kept_count(g.size, ratio, max_ratio, round_to, g.round_multiple)
+        n_remove = g.size - keep
+        if n_remove <= 0:
+            continue
+        s = scores[g.key]
+        order = np.argsort(s, kind="stable")
+        removed = sorted(int(i) for i in order[:n_remove])
+        plan.cuts[g.key] = GroupCut(g.key, g.size, removed)
+    return plan
