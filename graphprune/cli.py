@@ -1,0 +1,155 @@
+"""Command line: `graphprune MODEL --ratio R [-o OUT]` and `graphprune analyze MODEL`.
+
+Every failure ends in one line on stderr and a non-zero exit code (2 for usage errors); nothing is
+written unless the pruned model validated, and the input file is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import GraphpruneError, UsageError
+from .options import PruneOptions, parse_input_shapes
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2
+        raise UsageError(message)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="input ONNX model")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="node or initializer names never pruned (repeatable)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS",
+                   help="fix dynamic input dims for analysis, e.g. input:1,3,224,224 (repeatable)")
+    p.add_argument("--prune-head-dim", action="store_true", help="cut inside attention heads instead of whole heads")
+    p.add_argument("--prune-hidden", action="store_true", help="allow cutting axes normalised by LayerNorm")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def prune_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="graphprune", description="Structured pruning of ONNX models. "
+                "Also: `graphprune analyze MODEL` lists the channel groups.")
+    _common(p)
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of the channels of every group to remove")
+    p.add_argument("-o", "--output", help="output path (default: MODEL.pruned.onnx next to the input)")
+    p.add_argument("--report", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channel counts are multiples of N")
+    p.add_argument("--max-ratio", type=float, default=None, help="never remove more than this fraction of a group")
+    p.add_argument("--importance", default="l2", help="l2 (group magnitude, default), l1 or random")
+    p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
+    p.add_argument("--save-plan", metavar="PATH", help="write the plan (which channels were cut) as JSON")
+    p.add_argument("--plan", metavar="PATH", help="apply a saved plan instead of scoring")
+    p.add_argument("--dry-run", action="store_true", help="show what would be cut; write nothing")
+    p.add_argument("--overwrite", action="store_true", help="allow -o to be the input path")
+    p.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=f"graphprune {__version__}")
+    return p
+
+
+def analyze_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="graphprune analyze", description="List the groups of coupled channels of a model.")
+    _common(p)
+    p.add_argument("--summary", action="store_true", help="counts and frozen reasons only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv[:1] == ["--version"]:
+            print(f"graphprune {__version__}")
+            return 0
+        if argv[:1] == ["analyze"]:
+            return _analyze(analyze_parser().parse_args(argv[1:]))
+        return _prune(prune_parser().parse_args(argv))
+    except GraphpruneError as exc:
+        if debug:
+            raise
+        print(f"graphprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("graphprune: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - never a traceback for users
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"graphprune: internal error: {type(exc).__name__}: {msg} (rerun with --debug)", file=sys.stderr)
+        return 1
+
+
+def _options(args) -> PruneOptions:
+    return PruneOptions(
+        ratio=args.ratio, max_ratio=args.max_ratio, round_to=args.round_to, exclude=tuple(args.exclude),
+        importance=args.importance, input_shapes=parse_input_shapes(args.input_shape), seed=args.seed,
+        validate=not args.no_validate, prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden,
+    ).check()
+
+
+def _default_output(model: str) -> Path:
+    p = Path(model)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    return p.with_name(stem + ".pruned.onnx")
+
+
+def _prune(args) -> int:
+    from .api import prune
+    from .io import save_model
+    from .plan import Plan
+    from .render import print_prune
+
+    opts = _options(args)
+    out = Path(args.output) if args.output else _default_output(args.model)
+    if not args.dry_run:
+        if out.resolve() == Path(args.model).resolve() and not args.overwrite:
+            raise UsageError(f"{out}: output would overwrite the input (pass --overwrite to allow it)")
+        if not out.parent.exists():
+            raise UsageError(f"{out.parent}: output folder does not exist")
+    plan = None
+    if args.plan:
+        try:
+            plan = Plan.from_json(Path(args.plan).read_text())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{args.plan}: not a readable plan ({exc})") from None
+    result = prune(args.model, opts, plan=plan)
+    report = result.report.to_dict()
+    report["input"] = os.fspath(args.model)
+    report["output"] = None if args.dry_run else os.fspath(out)
+    if not args.dry_run:
+        save_model(result.model, out)
+    if args.save_plan:
+        Path(args.save_plan).write_text(result.plan.to_json())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1, default=str))
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    elif not args.quiet:
+        print_prune(result, report)
+    return 0
+
+
+def _analyze(args) -> int:
+    from .api import analyze
+    from .render import analysis_json, print_analysis
+
+    a = analyze(args.model, exclude=args.exclude, input_shapes=parse_input_shapes(args.input_shape),
+                prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden)
+    if args.json:
+        print(json.dumps(analysis_json(a), indent=1))
+    elif not args.quiet:
+        print_analysis(a, summary=args.summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

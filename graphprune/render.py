@@ -1,0 +1,97 @@
+"""Terminal output (rich tables) and JSON views of analyses and prune results."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.4g}{unit}"
+        n /= 1000
+    return f"{n:.4g}P"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.4g} {unit}"
+        n /= 1024
+    return f"{n:.4g} TiB"
+
+
+def group_rows(analysis):
+    for i, g in enumerate(analysis.channel_groups):
+        yield {
+            "id": i, "group": g.key, "channels": g.size, "prunable": not g.frozen,
+            "nodes": g.nodes, "reasons": g.reasons,
+        }
+
+
+def analysis_json(analysis) -> dict:
+    rows = list(group_rows(analysis))
+    return {
+        "groups": rows,
+        "prunable_groups": sum(r["prunable"] for r in rows),
+        "frozen_groups": sum(not r["prunable"] for r in rows),
+        "prunable_channels": sum(r["channels"] for r in rows if r["prunable"]),
+    }
+
+
+def print_analysis(analysis, summary: bool = False, console: Console | None = None) -> None:
+    console = console or Console()
+    rows = list(group_rows(analysis))
+    n_frozen = sum(not r["prunable"] for r in rows)
+    if not summary:
+        t = Table(title="Channel groups", show_lines=False)
+        for col in ("id", "group", "channels", "status", "nodes"):
+            t.add_column(col)
+        for r in rows:
+            status = "prunable" if r["prunable"] else "frozen: " + "; ".join(r["reasons"][:1])
+            nodes = ", ".join(r["nodes"][:3]) + (f" (+{len(r['nodes']) - 3})" if len(r["nodes"]) > 3 else "")
+            t.add_row(str(r["id"]), r["group"], str(r["channels"]), status, nodes)
+        console.print(t)
+    console.print(f"{len(rows)} channel groups: {len(rows) - n_frozen} prunable "
+                  f"({sum(r['channels'] for r in rows if r['prunable'])} channels), {n_frozen} frozen")
+    reasons = Counter(r["reasons"][0] for r in rows if not r["prunable"] and r["reasons"])
+    for why, n in reasons.most_common(8):
+        console.print(f"  frozen x{n}: {why}")
+
+
+def print_prune(result, report: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    rep = result.report
+    t = Table(title="graphprune")
+    for col in ("", "before", "after", "change"):
+        t.add_column(col, justify="right")
+    for label, attr, fmt in (("parameters", "params", _human), ("MACs", "macs", _human),
+                             ("file size", "size_bytes", _bytes), ("nodes", "nodes", str)):
+        b, a = getattr(rep.before, attr), getattr(rep.after, attr)
+        change = f"{(a / b - 1) * 100:+.1f}%" if b else "-"
+        t.add_row(label, fmt(b), fmt(a), change)
+    console.print(t)
+    ops = sorted(set(rep.before.op_counts) | set(rep.after.op_counts))
+    changed = [(op, rep.before.op_counts.get(op, 0), rep.after.op_counts.get(op, 0)) for op in ops
+               if rep.before.op_counts.get(op, 0) != rep.after.op_counts.get(op, 0)]
+    for op, b, a in changed:
+        console.print(f"  op {op}: {b} -> {a}")
+    console.print(f"groups: {rep.groups_pruned} pruned of {rep.groups_total - len(rep.groups_frozen)} prunable, "
+                  f"{len(rep.groups_frozen)} frozen; channels removed: {rep.channels_removed} of "
+                  f"{rep.channels_total}")
+    v = rep.validation
+    if v:
+        status = "passed" if v.get("runtime") else "not run"
+        extra = ""
+        if v.get("oracle_max_abs_diff") is not None:
+            extra += f", equals masked original (max diff {v['oracle_max_abs_diff']:.2g})"
+        if v.get("output_cosine") is not None:
+            extra += f", output cosine vs original {v['output_cosine']:.4f}"
+        console.print(f"validation {status}: checker, shape inference, ONNX Runtime{extra}")
+    if report.get("output"):
+        console.print(f"wrote {report['output']}")
+    else:
+        console.print("dry run: nothing written")
