@@ -45,45 +45,67 @@ class GraphView:
         self.input_names = [i.name for i in self.graph.input if i.name not in self.initializers]
         self.output_names = [o.name for o in self.graph.output]
         self.subgraph_captures = self._subgraph_captures()
-        self._shapes, self._dtypes = self._infer_shapes(input_shapes or {})
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self._infer_shapes(input_shapes or {})
 
     # ---- shapes -------------------------------------------------------------------------------------
     def _infer_shapes(self, input_shapes):
-        shapes: dict[str, list | None] = {}
-        dtypes: dict[str, int] = {}
-        model = self.model
-        if input_shapes:
-            model = onnx.ModelProto()
-            model.CopyFrom(self.model)
-            for vi in model.graph.input:
-                if vi.name in input_shapes:
-                    dims = vi.type.tensor_type.shape.dim
-                    new = input_shapes[vi.name]
-                    del dims[:]
-                    for d in new:
-                        dims.add().dim_value = int(d)
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        except Exception:  # noqa: BLE001 - inference is best effort; rules freeze what has no shape
-            inferred = model
-        g = inferred.graph
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            tt = vi.type.tensor_type
-            if not vi.type.HasField("tensor_type"):
-                continue
-            dtypes[vi.name] = tt.elem_type
-            if tt.HasField("shape"):
-                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        """ONNX shape inference on a light copy (big weights become typed inputs), repeated after folding
+        shape arithmetic (Shape -> Gather -> Add/Div ...) that ONNX's data propagation does not follow."""
+        self._shapes, self._dtypes = {}, {}
         for name, t in self.initializers.items():
-            shapes[name] = list(t.dims)
-            dtypes[name] = t.data_type
+            self._shapes[name] = list(t.dims)
+            self._dtypes[name] = t.data_type
+        light = _light_model(self.model, input_shapes)
+        folded: set[str] = set()
+        for _ in range(4):
+            self._read_inferred(_infer(light))
+            self._const_cache = {}
+            new = self._foldable_unknowns(folded)
+            if not new:
+                break
+            _replace_with_constants(light, {t: self.const_value(t) for t in new})
+            folded |= new
         for node in self.nodes:
-            if node.op_type == "Constant" and node.output[0] not in shapes:
+            if node.op_type == "Constant" and node.output[0] not in self._shapes:
                 v = self.const_value_of_constant_node(node)
                 if v is not None:
-                    shapes[node.output[0]] = list(v.shape)
-        return shapes, dtypes
+                    self._shapes[node.output[0]] = list(v.shape)
+        self._const_cache = {}
+        return self._shapes, self._dtypes
+
+    def _read_inferred(self, inferred) -> None:
+        g = inferred.graph
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            if not vi.type.HasField("tensor_type"):
+                continue
+            tt = vi.type.tensor_type
+            self._dtypes.setdefault(vi.name, tt.elem_type)
+            if tt.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+                old = self._shapes.get(vi.name)
+                if old is None or sum(d is None for d in dims) < sum(d is None for d in old):
+                    self._shapes[vi.name] = dims
+
+    def _foldable_unknowns(self, done: set[str]) -> set[str]:
+        """Small integer tensors computable from constants and static shapes, feeding a node whose
+        output shape is still unknown or partial."""
+        out = set()
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                continue
+            if all(self._shapes.get(o) is not None and None not in self._shapes[o] for o in node.output if o):
+                continue
+            for t in node.input:
+                if not t or t in done or t in self.initializers:
+                    continue
+                p = self.producer.get(t)
+                if p is None or self.nodes[p].op_type == "Constant":
+                    continue
+                v = self.const_value(t)
+                if v is not None and v.size <= 64 and np.issubdtype(v.dtype, np.integer):
+                    out.add(t)
+        return out
 
     def shape(self, name: str) -> list | None:
         """Dims of a tensor (int or None for dynamic), or None when even the rank is unknown."""
@@ -181,6 +203,61 @@ class GraphView:
             if o.domain in (domain, "ai.onnx" if domain == "" else domain):
                 return o.version
         return 0
+
+
+_SMALL_CONSTANT = 4096  # elements; larger initializers are given to shape inference as typed inputs
+
+
+def _light_model(model: onnx.ModelProto, input_shapes: dict) -> onnx.ModelProto:
+    """A copy for shape inference without the big weights (they become graph inputs with their types)."""
+    light = onnx.ModelProto()
+    for f in ("ir_version", "producer_name", "domain", "model_version"):
+        setattr(light, f, getattr(model, f))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, src = light.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    init_names = set()
+    for t in src.initializer:
+        init_names.add(t.name)
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n <= _SMALL_CONSTANT and t.data_location != onnx.TensorProto.EXTERNAL:
+            g.initializer.append(t)
+        else:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for vi in src.input:
+        if vi.name in init_names:
+            continue
+        new = g.input.add()
+        new.CopyFrom(vi)
+        if vi.name in input_shapes:
+            dims = new.type.tensor_type.shape.dim
+            del dims[:]
+            for d in input_shapes[vi.name]:
+                dims.add().dim_value = int(d)
+    return light
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - best effort; rules freeze what has no shape
+        return model
+
+
+def _replace_with_constants(model: onnx.ModelProto, values: dict) -> None:
+    """Turn the producers of the given tensors into Constant nodes (in the light copy only)."""
+    for i, node in enumerate(model.graph.node):
+        outs = [o for o in node.output if o]
+        if outs and all(o in values for o in outs) and len(outs) == 1:
+            const = onnx.helper.make_node("Constant", [], outs, name=node.name,
+                                          value=numpy_helper.from_array(np.asarray(values[outs[0]]), outs[0]))
+            model.graph.node[i].CopyFrom(const)
 
 
 def _free_names(g: onnx.GraphProto) -> set[str]:

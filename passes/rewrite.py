@@ -79,6 +79,7 @@ class _State:
             if not mask.all():
                 self.kept[(sp.tensor, sp.axis)] = np.flatnonzero(mask)
         self._counter = 0
+        self.rewired = False
 
     def set_const(self, tensor, reader, reader_input, value):
         view = self.view
@@ -102,6 +103,7 @@ class _State:
         while len(node.input) <= reader_input:
             node.input.append("")
         node.input[reader_input] = name
+        self.rewired = True
 
     def replace_value(self, tensor, value):
         if tensor in self.inits:
@@ -146,6 +148,8 @@ def apply(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) -> onnx.M
         rule = registry.lookup(node.domain, node.op_type)
         if rule is not None and rule.rewrite is not None:
             rule.rewrite(RewriteContext(st, i))
+    if st.rewired:
+        _remove_dead_nodes(out, view)
     # 3. recorded shapes
     for vi in list(out.graph.value_info) + list(out.graph.output) + list(out.graph.input):
         dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
@@ -155,3 +159,34 @@ def apply(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) -> onnx.M
                 d.Clear()
                 d.dim_value = len(k)
     return out
+
+
+def _remove_dead_nodes(model: onnx.ModelProto, view) -> None:
+    """Drop nodes that only fed inputs we replaced by constants (e.g. a Shape->Gather->Div chain that
+    computed a Slice bound). Nodes that were already unused in the original are left alone."""
+    was_live = set()
+    for i, node in enumerate(view.nodes):
+        if any(o in view.consumers or o in view.output_names for o in node.output if o):
+            was_live.add(i)
+    g = model.graph
+    graph_outputs = {o.name for o in g.output}
+    alive = list(range(len(g.node)))
+    while True:
+        used = {t for i in alive for t in g.node[i].input} | graph_outputs
+        dead = [i for i in alive if i in was_live and not any(o in used for o in g.node[i].output if o)]
+        if not dead:
+            break
+        dead_set = set(dead)
+        alive = [i for i in alive if i not in dead_set]
+    if len(alive) == len(g.node):
+        return
+    keep = [g.node[i] for i in alive]
+    kept_copy = [onnx.NodeProto() for _ in keep]
+    for dst, src in zip(kept_copy, keep):
+        dst.CopyFrom(src)
+    del g.node[:]
+    g.node.extend(kept_copy)
+    used = {t for n in g.node for t in n.input}
+    dead_inits = [t for t in g.initializer if t.name not in used and t.name.count("__graphprune")]
+    for t in dead_inits:
+        g.initializer.remove(t)
