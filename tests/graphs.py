@@ -60,7 +60,7 @@ class GraphBuilder:
 
     def output(self, *names: str) -> None:
         for n in names:
-            self.outputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+            self.outputs.append(helper.make_tensor_value_info(n, TensorProto.UNDEFINED, None))
 
     # ---- nodes --------------------------------------------------------------------------------------
     def op(self, op_type: str, inputs, n_out: int = 1, name: str | None = None, domain: str = "", **attrs):
