@@ -1,0 +1,65 @@
+"""The equivalence oracle on every zoo CNN, both torch exporters: pruned(x) == masked original(x)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import graphprune
+from graphprune import runtime
+from models import CNN_MODELS, get_model
+from tests.oracle import assert_oracle, assert_ratio_zero_identical
+
+EXPORTERS = ("torchscript", "dynamo")
+
+
+@pytest.fixture(scope="module", params=EXPORTERS)
+def exporter(request):
+    return request.param
+
+
+@pytest.mark.parametrize("name", CNN_MODELS)
+def test_oracle_random_channels(name, exporter):
+    model = onnx.load(str(get_model(name, exporter=exporter)))
+    for seed in (0, 1):
+        a, pruned, removed = assert_oracle(model, seed=seed, fraction=0.5)
+        assert len(removed) > 0
+    # The cut is real: outputs moved and the model shrank.
+    feeds = runtime.synthetic_inputs(model)
+    before = runtime.run(model, feeds)
+    after = runtime.run(pruned, feeds)
+    assert any(not np.allclose(b, c) for b, c in zip(before, after))
+    assert pruned.ByteSize() < model.ByteSize()
+
+
+@pytest.mark.parametrize("name", CNN_MODELS)
+def test_ratio_zero_is_bit_identical(name):
+    model = onnx.load(str(get_model(name)))
+    assert_ratio_zero_identical(model)
+    res = graphprune.prune(model, ratio=0.0)
+    feeds = runtime.synthetic_inputs(model)
+    for a, b in zip(runtime.run(res.model, feeds), runtime.run(model, feeds)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", CNN_MODELS)
+def test_prune_half_validates(name, exporter):
+    model = onnx.load(str(get_model(name, exporter=exporter)))
+    res = graphprune.prune(model, ratio=0.5)
+    v = res.report.validation
+    assert v["checker"] and v["shape_inference"] and v["runtime"]
+    assert v["oracle_max_abs_diff"] is not None
+    assert res.report.after.macs < 0.5 * res.report.before.macs
+    # every prunable group lost channels and none was emptied
+    for g in res.analysis.prunable:
+        cut = res.plan.cuts.get(g.key)
+        if g.size >= 2:
+            assert cut is not None and 0 < len(cut.removed) < g.size
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet", "mobilenetv2"])
+def test_batchnorm_kept_exports(name):
+    model = onnx.load(str(get_model(name, keep_bn=True)))
+    assert any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    assert_oracle(model, seed=3)
