@@ -203,19 +203,28 @@ def out_shape(model, tensor: str, feeds=None):
     return runtime.run(m, feeds)[-1].shape
 
 
-def assert_oracle_unchecked(model, seed: int = 0, fraction: float = 0.5, rtol=1e-4, atol=1e-5):
-    """tests.oracle.assert_oracle without onnx.checker, for models the checker refuses but ORT runs
-    (deprecated op versions such as GroupNormalization-18). Same tolerance."""
+def assert_removal_oracle(model, analysis, removed, check: bool = True, seed: int = 0, rtol=1e-4, atol=1e-5):
+    """Prune exactly the units `removed` and compare with the masked original (tests.oracle tolerance)."""
     from graphprune import oracle, runtime
     from graphprune.passes import rewrite
+
+    removed = np.asarray(removed, dtype=np.int64)
+    pruned = rewrite.apply(model, analysis, removed)
+    if check:
+        onnx.checker.check_model(pruned, full_check=True)
+    feeds = runtime.synthetic_inputs(model, seed=seed)
+    for g, w in zip(runtime.run(pruned, feeds), runtime.run(oracle.masked_model(model, analysis, removed), feeds)):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol * max(1.0, float(np.abs(w).max())))
+    return pruned
+
+
+def assert_oracle_unchecked(model, seed: int = 0, fraction: float = 0.5):
+    """tests.oracle.assert_oracle without onnx.checker, for models the checker refuses but ORT runs
+    (deprecated op versions such as GroupNormalization-18). Same tolerance."""
     from tests.oracle import random_removal
 
     a = run_analysis(model)
     assert a.prunable
     removed = random_removal(a, np.random.default_rng(seed), fraction)
-    pruned = rewrite.apply(model, a, removed)
-    feeds = runtime.synthetic_inputs(model, seed=seed)
-    for g, w in zip(runtime.run(pruned, feeds), runtime.run(oracle.masked_model(model, a, removed), feeds)):
-        assert g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol * max(1.0, float(np.abs(w).max())))
-    return a, pruned, removed
+    return a, assert_removal_oracle(model, a, removed, check=False, seed=seed), removed
