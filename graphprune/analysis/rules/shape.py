@@ -503,6 +503,9 @@ def rewrite_gather(rctx):
     idx = np.array(rctx.const(node.input[1]))
     d = rctx.old_shape(x)[axis]
     idx = np.where(idx < 0, idx + d, idx)
+    kept_out = rctx.kept(node.output[0], axis) if idx.ndim == 1 else None
+    if kept_out is not None:  # selected channels that were cut leave the index list too
+        idx = idx[kept_out]
     rctx.set_input_const(1, np.searchsorted(kept, idx).astype(idx.dtype))
 
 
