@@ -115,6 +115,14 @@ def _prune(args) -> int:
             raise UsageError(f"{out}: output would overwrite the input (pass --overwrite to allow it)")
         if not out.parent.exists():
             raise UsageError(f"{out.parent}: output folder does not exist")
+        if out.is_dir():
+            raise UsageError(f"{out}: is a directory; -o takes a file path")
+    # Check the side outputs before the work, so a bad --report path never leaves a half-done run.
+    for flag, side in (("--report", args.report), ("--save-plan", args.save_plan)):
+        if side and not Path(side).parent.exists():
+            raise UsageError(f"{flag} {side}: folder does not exist")
+        if side and Path(side).is_dir():
+            raise UsageError(f"{flag} {side}: is a directory")
     plan = None
     if args.plan:
         try:

@@ -38,6 +38,18 @@ class Plan:
                 raise UsageError(f"plan names group '{key}', which this model does not have") from None
             if g.size != cut.size:
                 raise UsageError(f"plan group '{key}' has {cut.size} channels, the model has {g.size}")
+            # A hand-edited plan must not reach the rewrite with indices it cannot execute: negative
+            # ones would wrap around, and cutting every channel or a frozen group breaks the model.
+            bad = [i for i in cut.removed if not 0 <= i < g.size]
+            if bad:
+                raise UsageError(f"plan group '{key}' removes channel {bad[0]}, outside 0..{g.size - 1}")
+            if len(set(cut.removed)) != len(cut.removed):
+                raise UsageError(f"plan group '{key}' lists a removed channel twice")
+            if cut.removed and len(cut.removed) >= g.size:
+                raise UsageError(f"plan group '{key}' removes all {g.size} channels (at least one must stay)")
+            if cut.removed and g.frozen:
+                why = g.reasons[0] if g.reasons else "frozen"
+                raise UsageError(f"plan cuts group '{key}', which is frozen in this model ({why})")
             if cut.removed:
                 out.append(g.units[np.asarray(cut.removed, dtype=np.int64)])
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
