@@ -59,6 +59,19 @@ def test_resize_with_sizes_is_rewritten():
     np.testing.assert_array_equal(input_value(p, "up", 3), [1, 16 - len(removed), 12, 12])
 
 
+@pytest.mark.parametrize("axes,sizes_", [([2, 3], [8, 8]), ([1, 2, 3], [16, 8, 8]), ([-2, -1], [8, 8])])
+def test_resize_opset18_sizes_with_axes(axes, sizes_):
+    """Opset 18 `axes`: sizes lists only those axes, and only the channel entry (if any) changes."""
+    def build(g, y):
+        return g.op("Resize", [y, "", "", g.ints(sizes_, "sizes")], name="up", axes=axes)
+
+    m = _sandwich(build, opset=18)
+    assert sizes(run_analysis(m).prunable) == [16]
+    a, p, removed = assert_oracle(m)
+    want = [16 - len(removed) if s == 16 else s for s in sizes_]
+    np.testing.assert_array_equal(input_value(p, "up", 3), want)
+
+
 def test_pad_spatial_only_is_prunable():
     m = _sandwich(lambda g, y: g.op("Pad", [y, g.ints([0, 0, 1, 2, 0, 0, 2, 1])], name="pad", mode="reflect"))
     a = run_analysis(m)

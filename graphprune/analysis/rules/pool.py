@@ -48,7 +48,10 @@ def rewrite_resize(rctx):
     sizes = node.input[3] if len(node.input) > 3 else ""
     if sizes and rctx.const(sizes) is not None:
         old = rctx.const(sizes)
-        new = np.array([rctx.new_dim(node.output[0], ax) for ax in range(len(old))], dtype=old.dtype)
+        axes = rctx.attr("axes", None)  # opset 18: sizes lists only these axes
+        r = len(rctx.old_shape(node.output[0]))
+        axes = range(len(old)) if axes is None else [a % r for a in axes]
+        new = np.array([rctx.new_dim(node.output[0], ax) for ax in axes], dtype=old.dtype)
         if not np.array_equal(old, new):
             rctx.set_input_const(3, new)
 
