@@ -30,6 +30,21 @@ def test_batchnorm_parameters_sliced():
     assert_ratio_zero_identical(m)
 
 
+def test_batchnorm_training_mode_running_stats_freeze_the_channels():
+    """Training-mode BN exposes per-channel running statistics; whoever reads them must not see a cut."""
+    g = GraphBuilder(opset=15)
+    x = g.input("x", [1, 8, 5, 5])
+    y = g.conv(x, 8, 16, name="c1")
+    y, rm, _ = g.op("BatchNormalization", [y, g.positive([16]), g.weight([16]), g.weight([16]), g.positive([16])],
+                    n_out=3, name="bn", training_mode=1)
+    rm = g.op("Mul", [rm, g.weight([16], "k")])
+    g.output(g.conv(y, 16, 4, name="c2"), rm)
+    a = run_analysis(g.model())
+    assert a.prunable == []
+    grp = group_of(a, "c1", "producer")
+    assert any("BatchNormalization 'bn' in training mode" in r for r in grp.reasons)
+
+
 def test_instancenorm_parameters_sliced():
     m = _conv_norm_conv(lambda g, y: g.op("InstanceNormalization", [y, g.positive([16], "in.s"),
                                                                     g.weight([16], "in.b")], name="in"))

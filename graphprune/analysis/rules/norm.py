@@ -27,6 +27,9 @@ def per_channel_norm(ctx):
             ctx.tie(p, 0, y, 1)
     for extra in ctx.outputs[1:]:
         if extra:
+            # Running statistics are per channel: tie them to the channels so the freeze reaches the group.
+            if ctx.rank(extra) == 1:
+                ctx.tie(extra, 0, y, 1)
             ctx.fix_tensor(extra, f"{ctx.op} '{ctx.name}' in training mode exposes running statistics")
 
 
