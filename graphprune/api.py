@@ -30,8 +30,29 @@ class PruneResult:
 def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune_hidden=False) -> Analysis:
     """Groups of coupled channels of a model (path or ModelProto)."""
     m = load_model(model)
+    _check_input_shapes(m, input_shapes or {})
     opts = AnalysisOptions(tuple(exclude), prune_head_dim, prune_hidden, dict(input_shapes or {}))
     return _analyze(GraphView(m, opts.input_shapes), opts)
+
+
+def _check_input_shapes(m: onnx.ModelProto, input_shapes: dict) -> None:
+    """--input-shape fixes dynamic dims; a name, rank or static dim the model contradicts is a usage error
+    (otherwise it surfaces later as a confusing "pruned model fails in ONNX Runtime")."""
+    inits = {t.name for t in m.graph.initializer}
+    inputs = {vi.name: vi for vi in m.graph.input if vi.name not in inits}
+    for name, dims in input_shapes.items():
+        if name not in inputs:
+            raise UsageError(f"--input-shape names '{name}', which is not a graph input "
+                             f"(inputs: {', '.join(inputs) or 'none'})")
+        tt = inputs[name].type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        have = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if len(have) != len(dims):
+            raise UsageError(f"--input-shape {name}: {len(dims)} dims given, the input has rank {len(have)}")
+        for axis, (h, d) in enumerate(zip(have, dims)):
+            if h is not None and h != d:
+                raise UsageError(f"--input-shape {name}: dim {axis} is fixed to {h} in the model, got {d}")
 
 
 def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = None, **kwargs) -> PruneResult:
@@ -47,6 +68,7 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
     t0 = time.perf_counter()
     timings = {}
     m = load_model(model)
+    _check_input_shapes(m, options.input_shapes)
     timings["load"] = time.perf_counter() - t0
     t = time.perf_counter()
     view = GraphView(m, options.input_shapes)

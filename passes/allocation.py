@@ -23,6 +23,13 @@ def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, cha
         if q > 1 and n >= q:
             keep = max(q, int(math.floor(keep / q + 0.5)) * q)
             keep = min(keep, (n // q) * q) if keep > n else keep
+            if max_ratio is not None:
+                # Rounding to the nearest multiple may round down past the cap: max_ratio is a promise,
+                # so round up instead (keeping the whole group when no multiple fits).
+                floor_keep = n - int(math.floor(n * max_ratio + 1e-9))
+                if keep < floor_keep:
+                    keep = -(-floor_keep // q) * q
+                    keep = n if keep > n else keep
     return max(1, min(n, keep))
 
 

@@ -309,6 +309,8 @@ BAD_ARGS = [
     (["--input-shape", "input:1,3,x,16"], "--input-shape"),
     (["--input-shape", "input:1,3,0,16"], "--input-shape"),
     (["--input-shape", ":1,3"], "--input-shape"),
+    (["--input-shape", "image:1,3,16,16"], "not a graph input"),
+    (["--input-shape", "input:2,3,16,16"], "fixed to 1"),
     (["--no-such-flag"], "--no-such-flag"),
     (["--round-to", "0"], "--round-to"),
     (["--round-to", "2.5"], "--round-to"),
