@@ -409,3 +409,66 @@ def test_layout_ratio_zero_identical():
     y = g.op("Flatten", [y])
     g.output(g.gemm(y, 144, 4))
     assert_ratio_zero_identical(g.model())
+
+
+# ---- attention heads (Reshape split/merge around Transpose) ---------------------------------------------
+
+
+def _attention(T=5, H=4, D=4):
+    E = H * D
+    g = GraphBuilder()
+    x = g.input("x", [1, T, 8])
+
+    def heads(name):
+        t = g.matmul(x, 8, E, name=name)
+        t = g.op("Reshape", [t, g.ints([1, T, H, D])], name=f"{name}_rs")
+        return g.op("Transpose", [t], perm=[0, 2, 1, 3], name=f"{name}_tr")
+
+    q, k, v = heads("q"), heads("k"), heads("v")
+    s = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])], name="qk")
+    s = g.op("Softmax", [g.op("Mul", [s, g.const(np.float32(0.5))])], axis=-1)
+    o = g.op("Transpose", [g.op("MatMul", [s, v], name="pv")], perm=[0, 2, 1, 3])
+    o = g.op("Reshape", [o, g.ints([1, T, E], "merge")], name="merge_rs")
+    g.output(g.matmul(o, E, 6, name="proj"))
+    return g.model()
+
+
+def test_attention_whole_heads():
+    from graphprune.analysis import AnalysisOptions
+
+    m = _attention()
+    a = run_analysis(m)
+    assert sizes(a.prunable) == [4]
+    assert set(a.prunable[0].producers) == {"q", "k", "v"} and a.prunable[0].consumers == ["proj"]
+    a, p, removed = assert_oracle(m, options=AnalysisOptions())
+    n_heads = 4 - len(removed)
+    np.testing.assert_array_equal(init_value(p, "merge"), [1, 5, 4 * n_heads])
+    assert init_value(p, "q.W").shape == (8, 4 * n_heads)
+
+
+def test_attention_prune_head_dim():
+    """--prune-head-dim: q/k share the head dim (contraction), v's head dim is its own group."""
+    from graphprune.analysis import AnalysisOptions
+
+    m = _attention()
+    a = run_analysis(m, prune_head_dim=True)
+    assert sizes(a.prunable) == [4, 4]
+    qk = group_of(a, "q", "producer")
+    assert set(qk.producers) == {"q", "k"}
+    assert group_of(a, "v", "producer").consumers == ["proj"]
+    a, p, removed = assert_oracle(m, options=AnalysisOptions(prune_head_dim=True))
+    d_v = len(kept(a, removed, "v_rs_out", 3))
+    np.testing.assert_array_equal(init_value(p, "merge"), [1, 5, 4 * d_v])
+
+
+def test_channel_shuffle_with_prune_head_dim_stays_correct():
+    from graphprune.analysis import AnalysisOptions
+
+    g, y = _start(k=1)
+    y = g.op("Reshape", [y, g.ints([1, 4, 4, 4, 4], "t1")], name="r1")
+    y = g.op("Transpose", [y], perm=[0, 2, 1, 3, 4], name="tr")
+    y = g.op("Reshape", [y, g.ints([1, 16, 4, 4], "t2")], name="r2")
+    g.output(g.conv(y, 16, 4, k=1, name="c2"))
+    m = g.model()
+    assert sizes(run_analysis(m, prune_head_dim=True).prunable) == [4]
+    assert_oracle(m, options=AnalysisOptions(prune_head_dim=True))

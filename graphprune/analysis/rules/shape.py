@@ -89,9 +89,11 @@ def _pick_carrier(ctx, tensor, axes, shape, lookahead_perm=None):
     if len(like) == 1:
         return like[0]
     cands = like or axes
+    last = ctx.options.prune_head_dim and len(cands) == 2 and not like
     if lookahead_perm is not None:
-        return min(cands, key=lambda ax: lookahead_perm.index(ax))
-    if ctx.options.prune_head_dim and len(cands) == 2 and not like:
+        # Pick the axis the merge after the Transpose will pick (its first, or its last with head-dim pruning).
+        return (max if last else min)(cands, key=lambda ax: lookahead_perm.index(ax))
+    if last:
         return cands[-1]
     return cands[0]
 
