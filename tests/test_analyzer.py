@@ -194,3 +194,27 @@ def test_exclude_initializer_by_name():
 def test_exclude_pattern_matching_nothing_changes_nothing():
     m = _chain4()
     assert sizes(run_analysis(m, exclude=("nothing*",)).prunable) == [10, 12, 16]
+
+
+# ---- recorded shapes ----------------------------------------------------------------------------------
+
+
+def test_recorded_value_info_follows_the_cut():
+    """Exported models record every intermediate shape; the rewrite must update them (full checker)."""
+    import onnx
+
+    g = GraphBuilder()
+    x = g.input("x", [1, 8, 3, 3])
+    y = g.conv(x, 8, 16, name="c1")
+    p1, p2 = g.op("Split", [y, g.ints([6, 10])], n_out=2, name="sp", axis=1)
+    y = g.op("Concat", [g.op("Relu", [p2]), p1], name="cat", axis=1)
+    y = g.op("Reshape", [y, g.ints([1, 144])], name="rs")
+    g.output(g.gemm(y, 144, 4, name="fc"))
+    m = onnx.shape_inference.infer_shapes(g.model())
+    assert len(m.graph.value_info) >= 5
+    a, p, removed = assert_oracle(m)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in p.graph.value_info}
+    n1, n2 = len(kept(a, removed, "sp_out0", 1)), len(kept(a, removed, "sp_out1", 1))
+    assert shapes["c1_out"] == [1, n1 + n2, 3, 3]
+    assert shapes["cat_out"] == [1, n1 + n2, 3, 3]
+    assert shapes["rs_out"] == [1, 9 * (n1 + n2)]

@@ -202,3 +202,72 @@ def test_softmax_over_spatial_axis_prunable():
     m = _sandwich(lambda g, y: g.op("Softmax", [y], name="sm", axis=-1))
     assert sizes(run_analysis(m).prunable) == [16]
     assert_oracle(m)
+
+
+@pytest.mark.parametrize("op,axis_input,reason", [
+    ("CumSum", 1, "CumSum 'mix' accumulates along axis 1"),
+    ("Softmax", None, "Softmax 'mix' normalises over axis 1"),
+    ("LogSoftmax", None, "LogSoftmax 'mix' normalises over axis 1"),
+])
+def test_channel_mixing_axis_ops_freeze_both_sides(op, axis_input, reason):
+    def build(g, y):
+        if axis_input is not None:
+            return g.op(op, [y, g.ints(axis_input)], name="mix")
+        return g.op(op, [y], name="mix", axis=1)
+
+    m = _sandwich(build)
+    a = run_analysis(m)
+    assert a.prunable == []
+    assert any(reason in r for r in group_of(a, "c1", "producer").reasons)
+    assert group_of(a, "c2", "consumer").frozen
+
+
+def test_cumsum_over_spatial_axis_prunable():
+    m = _sandwich(lambda g, y: g.op("CumSum", [y, g.ints(2)], name="cs"))
+    assert sizes(run_analysis(m).prunable) == [16]
+    assert_oracle(m)
+
+
+def test_softmax_opset11_coerces_trailing_axes():
+    """Before opset 13 Softmax flattens from `axis` on: axis=2 mixes H and W but not channels."""
+    m = _sandwich(lambda g, y: g.op("Softmax", [y], name="sm", axis=2), opset=11)
+    assert sizes(run_analysis(m).prunable) == [16]
+    assert_oracle(m)
+    m = _sandwich(lambda g, y: g.op("Softmax", [y], name="sm", axis=1), opset=11)
+    assert run_analysis(m).prunable == []
+
+
+def test_glu_style_gate_of_two_convs():
+    g = GraphBuilder()
+    x = g.input("x", [1, 8, 5, 5])
+    y = g.op("Mul", [g.conv(x, 8, 16, name="a"), g.op("Sigmoid", [g.conv(x, 8, 16, name="b")])])
+    g.output(g.conv(y, 16, 4, name="c2"))
+    m = g.model()
+    a = run_analysis(m)
+    assert sizes(a.prunable) == [16] and set(a.prunable[0].producers) == {"a", "b"}
+    assert_oracle(m)
+
+
+def test_subtract_own_spatial_mean():
+    m = _sandwich(lambda g, y: g.op("Sub", [y, g.op("ReduceMean", [y], axes=[2, 3], keepdims=1)]))
+    assert sizes(run_analysis(m).prunable) == [16]
+    assert_oracle(m)
+
+
+def test_quantize_dequantize_per_channel_activation():
+    def build(g, y):
+        q = g.op("QuantizeLinear", [y, g.positive([16], "qs"), g.const(np.zeros(16, np.uint8), "qz")], axis=1)
+        return g.op("DequantizeLinear", [q, "qs", "qz"], axis=1)
+
+    m = _sandwich(build, opset=13)
+    assert sizes(run_analysis(m).prunable) == [16]
+    a, p, removed = assert_oracle(m)
+    k = kept(a, removed, "c1_out", 1)
+    np.testing.assert_array_equal(init_value(p, "qs"), init_value(m, "qs")[k])
+    np.testing.assert_array_equal(init_value(p, "qz"), init_value(m, "qz")[k])
+
+
+def test_dropout_with_ratio_inputs():
+    m = _sandwich(lambda g, y: g.op("Dropout", [y, g.const(np.float32(0.1)), g.const(np.bool_(False))]))
+    assert sizes(run_analysis(m).prunable) == [16]
+    assert_oracle(m)

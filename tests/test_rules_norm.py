@@ -134,3 +134,10 @@ def test_channel_mixing_norms_freeze(op, attrs):
     assert a.prunable == []
     grp = group_of(a, "c1", "producer")
     assert any(f"{op} 'nrm'" in r for r in grp.reasons)
+
+
+def test_layernorm_over_chw_freezes_channels():
+    m = _conv_norm_conv(lambda g, y: g.op("LayerNormalization", [y, g.positive([16, 5, 5])], name="ln", axis=1))
+    a = run_analysis(m)
+    assert a.prunable == []
+    assert any("LayerNormalization 'ln'" in r for r in group_of(a, "c1", "producer").reasons)

@@ -156,3 +156,24 @@ def test_argmax_over_channels_frozen():
     g.output(g.op("ArgMax", [y], name="am", axis=1))
     a = run_analysis(g.model())
     assert any("ArgMax 'am'" in r for r in group_of(a, "c1", "producer").reasons)
+
+
+@pytest.mark.parametrize("op,build,reason", [
+    ("TopK", lambda g, y: g.op("TopK", [y, g.ints([2])], n_out=2, name="sel", axis=1)[0], "TopK 'sel' selects"),
+    ("Tile", lambda g, y: g.op("Tile", [y, g.ints([1, 2, 1, 1])], name="sel"), "Tile 'sel' repeats axis 1"),
+])
+def test_selecting_or_repeating_channels_freezes(op, build, reason):
+    g = GraphBuilder()
+    x = g.input("x", [1, 8, 6, 6])
+    y = build(g, g.conv(x, 8, 16, name="c1"))
+    cout = {"TopK": 2, "Tile": 32}[op]
+    g.output(g.conv(y, cout, 4, name="c2"))
+    a = run_analysis(g.model())
+    assert a.prunable == []
+    assert any(reason in r for r in group_of(a, "c1", "producer").reasons)
+
+
+def test_tile_spatial_prunable():
+    m = _sandwich(lambda g, y: g.op("Tile", [y, g.ints([1, 1, 2, 2])], name="tile"))
+    assert sizes(run_analysis(m).prunable) == [16]
+    assert_oracle(m)
