@@ -136,14 +136,21 @@ def _prune(args) -> int:
     if not args.dry_run:
         save_model(result.model, out)
     if args.save_plan:
-        Path(args.save_plan).write_text(result.plan.to_json())
+        _write_text(args.save_plan, result.plan.to_json())
     if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=1, default=str))
+        _write_text(args.report, json.dumps(report, indent=1, default=str))
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     elif not args.quiet:
         print_prune(result, report)
     return 0
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise GraphpruneError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _analyze(args) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from .errors import ModelError, UsageError
+from .errors import GraphpruneError, ModelError, UsageError
 
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
 
@@ -73,12 +73,16 @@ def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None)
     if not folder.exists():
         raise UsageError(f"{folder}: output folder does not exist")
     large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _can_size(model) else True
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise GraphpruneError(f"{path}: cannot write ({exc.strerror or _short(exc)})") from None
     os.close(fd)
+    _chmod_default(tmp)  # mkstemp makes 0600; the output should get the permissions of a normal file
+    data_name = path.name + ".data"
+    tmp_data = folder / f".{data_name}.tmp"
     try:
         if large:
-            data_name = path.name + ".data"
-            tmp_data = folder / f".{data_name}.tmp"
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=tmp_data.name, size_threshold=1024)
             _retarget_external(tmp, tmp_data.name, data_name)
@@ -86,9 +90,12 @@ def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None)
         else:
             onnx.save_model(model, tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as exc:
+        for leftover in (tmp, tmp_data) if large else (tmp,):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        if isinstance(exc, OSError):  # disk full, permissions: the user's to fix, not an internal error
+            raise GraphpruneError(f"{path}: cannot write ({exc.strerror or _short(exc)})") from None
         raise
 
 
@@ -99,6 +106,15 @@ def _retarget_external(model_path: str, old: str, new: str) -> None:
             if e.key == "location" and e.value == old:
                 e.value = new
     onnx.save_model(m, model_path)
+
+
+def _chmod_default(path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:
+        pass
 
 
 def _can_size(model) -> bool:

@@ -7,6 +7,7 @@ conv, and a flatten -> linear head. Exported once per width and copied into each
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 _CACHE: dict[int, Path] = {}
@@ -47,8 +48,10 @@ def export_tinynet(path: Path, width: int = 16) -> Path:
         m.bn1.weight.uniform_(0.5, 1.5)
         m.bn1.bias.uniform_(-1, 1)
     # do_constant_folding=False keeps the BatchNormalization node instead of folding it into the conv.
-    torch.onnx.export(m, torch.randn(1, 3, 16, 16), str(path), dynamo=False, opset_version=17,
-                      do_constant_folding=False, input_names=["input"], output_names=["logits"])
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(m, torch.randn(1, 3, 16, 16), str(path), dynamo=False, opset_version=17,
+                          do_constant_folding=False, input_names=["input"], output_names=["logits"])
     return path
 
 
