@@ -31,7 +31,8 @@ def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune
     """Groups of coupled channels of a model (path or ModelProto)."""
     m = load_model(model)
     _check_input_shapes(m, input_shapes or {})
-    opts = AnalysisOptions(tuple(exclude), prune_head_dim, prune_hidden, dict(input_shapes or {}))
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # one glob, not one per character
+    opts = AnalysisOptions(exclude, prune_head_dim, prune_hidden, dict(input_shapes or {}))
     return _analyze(GraphView(m, opts.input_shapes), opts)
 
 

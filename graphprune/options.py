@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UsageError
@@ -21,6 +22,23 @@ class PruneOptions:
     prune_hidden: bool = False
 
     def check(self) -> PruneOptions:
+        # The API passes Python values straight in: a wrong type must be a UsageError, not a TypeError deep
+        # inside allocation, and a lone string for `exclude` must not become one pattern per character.
+        if isinstance(self.exclude, str):
+            self.exclude = (self.exclude,)
+        if not all(isinstance(p, str) for p in self.exclude):
+            raise UsageError(f"exclude must be glob strings, got {list(self.exclude)!r}")
+        for name in ("ratio", "max_ratio"):
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                    raise UsageError(f"{name} must be a number, got {v!r}")
+                setattr(self, name, float(v))
+        for name in ("round_to", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise UsageError(f"{name} must be an integer, got {v!r}")
+            setattr(self, name, int(v))
         if not (0.0 <= self.ratio < 1.0):
             raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
         if self.max_ratio is not None and not (0.0 <= self.max_ratio < 1.0):

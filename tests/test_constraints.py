@@ -248,8 +248,26 @@ def test_options_object_and_kwargs_agree(model):
     assert a.model.SerializeToString() == b.model.SerializeToString()
 
 
+def test_exclude_accepts_a_single_string(model):
+    """A bare string is one glob, not one pattern per character ('*' would freeze everything)."""
+    a = graphprune.prune(model, ratio=0.5, exclude="/conv2*")
+    b = graphprune.prune(model, ratio=0.5, exclude=("/conv2*",))
+    assert a.plan.n_removed == b.plan.n_removed > 0
+    assert a.model.SerializeToString() == b.model.SerializeToString()
+    assert len(graphprune.analyze(model, exclude="/conv2*").frozen) == len(graphprune.analyze(
+        model, exclude=["/conv2*"]).frozen)
+
+
+def test_numpy_scalars_are_accepted(model):
+    a = graphprune.prune(model, ratio=np.float32(0.5), round_to=np.int64(4), seed=np.int64(0))
+    b = graphprune.prune(model, ratio=0.5, round_to=4)
+    assert a.model.SerializeToString() == b.model.SerializeToString()
+
+
 @pytest.mark.parametrize("kwargs", [dict(ratio=1.0), dict(ratio=-0.1), dict(round_to=0), dict(max_ratio=1.0),
-                                    dict(importance="nope"), dict(no_such_option=1)])
+                                    dict(importance="nope"), dict(no_such_option=1), dict(ratio="0.5"),
+                                    dict(round_to=2.5), dict(seed="x"), dict(exclude=[1]),
+                                    dict(ratio=float("nan"))])
 def test_bad_options_raise_usage_error(model, kwargs):
     with pytest.raises(graphprune.UsageError):
         graphprune.prune(model, **kwargs)
