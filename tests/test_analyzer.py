@@ -218,3 +218,55 @@ def test_recorded_value_info_follows_the_cut():
     assert shapes["c1_out"] == [1, n1 + n2, 3, 3]
     assert shapes["cat_out"] == [1, n1 + n2, 3, 3]
     assert shapes["rs_out"] == [1, 9 * (n1 + n2)]
+
+
+# ---- group keys ---------------------------------------------------------------------------------------
+
+
+def _overlapping_slices():
+    g = GraphBuilder()
+    x = g.input("x", [1, 8, 4, 4])
+    y = g.conv(x, 8, 16, name="c1")
+    s1 = g.op("Slice", [y, g.ints([0]), g.ints([8]), g.ints([1])], name="s1")
+    s2 = g.op("Slice", [y, g.ints([4]), g.ints([12]), g.ints([1])], name="s2")
+    g.output(g.conv(s1, 8, 4, name="c2"), g.conv(s2, 8, 4, name="c3"))
+    return g.model()
+
+
+def _single_channel_slice(start):
+    g = GraphBuilder()
+    x = g.input("x", [1, 8, 4, 4])
+    y = g.conv(x, 8, 16, name="c1")
+    s = g.op("Slice", [y, g.ints([start]), g.ints([start + 1]), g.ints([1])], name="sl")
+    g.output(g.conv(s, 1, 4, name="c2"))
+    return g.model()
+
+
+@pytest.mark.parametrize("model", [_overlapping_slices, lambda: _single_channel_slice(0),
+                                   lambda: _single_channel_slice(5)])
+def test_group_keys_are_unique(model):
+    """Plans name groups by key: groups without a space of their own must still get distinct keys."""
+    m = model()
+    a = run_analysis(m)
+    keys = [g.key for g in a.groups]
+    assert len(keys) == len(set(keys)), keys
+    for g in a.groups:
+        assert a.group(g.key) is g
+    again = run_analysis(m)
+    assert [g.key for g in again.groups] == keys  # stable across runs
+    assert_oracle(m)
+
+
+def test_overlapping_slices_units():
+    a = run_analysis(_overlapping_slices())
+    # 0-3 only c2, 4-7 both, 8-11 only c3, 12-15 nobody.
+    assert sizes(a.prunable) == [4, 4, 4, 4]
+
+
+def test_plan_for_single_kept_channel_applies():
+    """A plan cut for the prunable channels beside a single kept one must name that group, not the kept one."""
+    from graphprune import api
+
+    res = api.prune(_single_channel_slice(0), ratio=0.5, validate=True)
+    (cut,) = res.plan.cuts.values()
+    assert cut.size == 15 and len(cut.removed) > 0

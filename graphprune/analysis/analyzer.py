@@ -231,8 +231,25 @@ class _Analyzer:
         groups.sort(key=lambda g: min(g.spaces))
         for i, g in enumerate(groups):
             g.id = i
+        self._unique_keys(groups, roots)
         channel = [g for g in groups if g.nodes]
         return Analysis(self.view, spaces, roots, self.roles, groups, channel, self.reasons)
+
+    def _unique_keys(self, groups: list[Group], roots: np.ndarray) -> None:
+        """Plans name groups by key, so a key must name one group. Groups with no space of their own can
+        share an anchor (overlapping Slices, a single kept channel beside the rest): tell them apart by the
+        position of their first unit in it, which is as stable as the anchor."""
+        by_key: dict[str, list[Group]] = {}
+        for g in groups:
+            by_key.setdefault(g.key, []).append(g)
+        for key, same in by_key.items():
+            if len(same) < 2:
+                continue
+            tensor, _, axis = key.rpartition(":")
+            sp = self.spaces.get(tensor, int(axis))
+            r = roots[sp.offset:sp.offset + sp.size]
+            for g in same:
+                g.key = f"{key}@{int(np.flatnonzero(np.isin(r, g.units))[0])}"
 
     def _make_group(self, gid, sig, units, roots, role_by_space, elem_why=None) -> Group:
         spaces = [self.spaces.spaces[s] for s in sig]
