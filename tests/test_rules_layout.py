@@ -244,6 +244,21 @@ def test_reshape_split_head_dims_then_merge():
     assert_oracle(m)
 
 
+def test_reshape_merging_spatial_axes_keeps_channels():
+    """[1, 16, 4, 4] -> [1, 16, 16] -> Softmax(-1) -> [1, 16, 4, 4]: the channel entry of both targets follows."""
+    g, y = _start()
+    y = g.op("Reshape", [y, g.ints([1, 16, 16], "t1")], name="r1")
+    y = g.op("Softmax", [y], axis=-1)
+    y = g.op("Reshape", [y, g.ints([1, 16, 4, 4], "t2")], name="r2")
+    g.output(g.conv(y, 16, 4, name="c2"))
+    m = g.model()
+    assert sizes(run_analysis(m).prunable) == [16]
+    a, p, removed = assert_oracle(m)
+    n = 16 - len(removed)
+    np.testing.assert_array_equal(init_value(p, "t1"), [1, n, 16])
+    np.testing.assert_array_equal(init_value(p, "t2"), [1, n, 4, 4])
+
+
 def test_channel_shuffle():
     g, y = _start(k=1)
     y = g.op("Reshape", [y, g.ints([1, 4, 4, 4, 4], "t1")], name="r1")
@@ -312,7 +327,6 @@ def test_depth_to_space(mode):
     m = g.model()
     a = run_analysis(m)
     assert sizes(a.prunable) == [4]
-    assert a.prunable[0].round_multiple == 1
     a, p, removed = assert_oracle(m)
     kc = kept(a, removed, "d2s_out", 1)
     k_in = kept(a, removed, "c1_out", 1)
