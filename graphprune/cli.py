@@ -123,6 +123,10 @@ def _prune(args) -> int:
             raise UsageError(f"{flag} {side}: folder does not exist")
         if side and Path(side).is_dir():
             raise UsageError(f"{flag} {side}: is a directory")
+        if side and Path(side).resolve() == Path(args.model).resolve():
+            raise UsageError(f"{flag} {side}: would overwrite the input model")
+        if side and not args.dry_run and Path(side).resolve() == out.resolve():
+            raise UsageError(f"{flag} {side}: would overwrite the output model")
     plan = None
     if args.plan:
         try:

@@ -319,6 +319,9 @@ BAD_ARGS = [
     (["-o", "."], "directory"),
     (["--report", "no_such_folder/r.json"], "--report"),
     (["--save-plan", "no_such_folder/p.json"], "--save-plan"),
+    (["--report", "m.onnx"], "input model"),
+    (["--save-plan", "./m.onnx"], "input model"),
+    (["--report", "out.onnx", "-o", "out.onnx"], "output model"),
     (["--plan", "missing_plan.json"], "missing_plan.json"),
     (["--plan", "m.onnx"], "not a readable plan"),
 ]
