@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"graphprune: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `graphprune ... | head`: the reader left; not an error worth a message. Point stdout at devnull
+        # so the interpreter's final flush does not raise again; exit 1 as rich's console does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("graphprune: interrupted; nothing was written", file=sys.stderr)
         return 130

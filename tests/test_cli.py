@@ -146,6 +146,17 @@ def test_analyze_summary_and_quiet(model):
     assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
 
 
+@pytest.mark.parametrize("args", [["m.onnx", "--json"], ["analyze", "m.onnx", "--json"], ["analyze", "m.onnx"]])
+def test_closed_stdout_is_not_an_internal_error(model, tmp_path, args):
+    """`graphprune ... | head -1`: the reader goes away; no traceback, no "internal error"."""
+    proc = subprocess.Popen([sys.executable, "-m", "graphprune.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 1)
+    assert err.decode() == ""
+
+
 def test_version():
     r = run_cli("--version")
     assert r.returncode == 0
