@@ -48,7 +48,8 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
     p.add_argument("--save-plan", metavar="PATH", help="write the plan (which channels were cut) as JSON")
     p.add_argument("--plan", metavar="PATH", help="apply a saved plan instead of scoring")
-    p.add_argument("--dry-run", action="store_true", help="show what would be cut; write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be cut; write no model (--report and --save-plan are still written)")
     p.add_argument("--overwrite", action="store_true", help="allow -o to be the input path")
     p.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"graphprune {__version__}")

@@ -181,6 +181,16 @@ def test_dry_run_writes_nothing(model, tmp_path):
     assert sha256(model) == digest
 
 
+def test_dry_run_can_save_a_plan_to_apply_later(model, tmp_path):
+    plan = tmp_path / "p.json"
+    r = run_cli(model, "--dry-run", "--save-plan", plan, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert listing(tmp_path) == {"m.onnx", "p.json"}  # the plan that was asked for, no model
+    r = run_cli(model, "--plan", plan, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m.pruned.onnx").exists()
+
+
 def test_saved_plan_reproduces_the_model(model, tmp_path):
     plan = tmp_path / "p.json"
     r = run_cli(model, "--ratio", "0.5", "--importance", "random", "--seed", "3", "-o", tmp_path / "a.onnx",
