@@ -14,6 +14,7 @@ from .analysis import analyze as _analyze
 from .errors import UsageError
 from .graph import GraphView
 from .io import load_model
+from .normalize import unshare_uniform_constants
 from .options import PruneOptions
 from .plan import Plan, fingerprint
 from .report import Report, stats
@@ -33,6 +34,7 @@ def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune
     _check_input_shapes(m, input_shapes or {})
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # one glob, not one per character
     opts = AnalysisOptions(exclude, prune_head_dim, prune_hidden, dict(input_shapes or {}))
+    m, _ = unshare_uniform_constants(m)
     return _analyze(GraphView(m, opts.input_shapes), opts)
 
 
@@ -72,11 +74,13 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
     _check_input_shapes(m, options.input_shapes)
     timings["load"] = time.perf_counter() - t0
     t = time.perf_counter()
+    original = m
+    m, _ = unshare_uniform_constants(m)  # the work copy; `original` is what the user gave us
     view = GraphView(m, options.input_shapes)
     aopts = AnalysisOptions(options.exclude, options.prune_head_dim, options.prune_hidden, options.input_shapes)
     analysis = _analyze(view, aopts)
     timings["analyze"] = time.perf_counter() - t
-    fp = fingerprint(m)
+    fp = fingerprint(original)
     t = time.perf_counter()
     if plan is None:
         scores = scoring.score(analysis, options.importance, options.seed)
@@ -94,7 +98,7 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
     if options.validate:
         validation = validate.validate(pruned, m, analysis, removed, options.input_shapes)
     timings["validate"] = time.perf_counter() - t
-    before = stats(m, view)
+    before = stats(m, view) if m is original else stats(original)
     after = stats(pruned)
     report = Report(
         before=before, after=after,

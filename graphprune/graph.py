@@ -19,6 +19,36 @@ _FOLDABLE = {
 }
 
 
+# Ops never folded: random, stateful, or whose output size is unbounded by their inputs.
+_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+               "Bernoulli", "If", "Loop", "Scan", "SequenceConstruct", "SequenceAt", "SequenceInsert",
+               "SplitToSequence", "ConcatFromSequence", "Dropout"}
+
+
+def _eval_reference(node: onnx.NodeProto, ins: list, opset: int) -> np.ndarray | None:
+    """Evaluate one node on small constant inputs with ONNX's reference implementation."""
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        names = [f"in{k}" if t else "" for k, t in enumerate(node.input)]
+        n = onnx.NodeProto()
+        n.CopyFrom(node)
+        del n.input[:]
+        n.input.extend(names)
+        del n.output[:]
+        n.output.append("out")
+        inputs = [onnx.helper.make_tensor_value_info(nm, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                  for nm, v in zip(names, ins) if nm]
+        g = onnx.helper.make_graph([n], "fold", inputs, [onnx.helper.make_empty_tensor_value_info("out")])
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", max(opset, 7))])
+        feeds = {nm: v for nm, v in zip(names, ins) if nm}
+        out = ReferenceEvaluator(m).run(None, feeds)[0]
+        out = np.asarray(out)
+        return out if out.size <= 1 << 16 else None
+    except Exception:  # noqa: BLE001 - not foldable
+        return None
+
+
 def node_display_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
@@ -46,7 +76,8 @@ class GraphView:
         self.output_names = [o.name for o in self.graph.output]
         self.subgraph_captures = self._subgraph_captures()
         self._const_cache: dict[str, np.ndarray | None] = {}
-        self._infer_shapes(input_shapes or {})
+        self.input_shapes = concrete_input_shapes(model, input_shapes or {})
+        self._infer_shapes(self.input_shapes)
 
     # ---- shapes -------------------------------------------------------------------------------------
     def _infer_shapes(self, input_shapes):
@@ -58,14 +89,19 @@ class GraphView:
             self._dtypes[name] = t.data_type
         light = _light_model(self.model, input_shapes)
         folded: set[str] = set()
-        for _ in range(4):
+        self._sym: dict[str, list] = {}
+        for _ in range(6):
             self._read_inferred(_infer(light))
             self._const_cache = {}
             new = self._foldable_unknowns(folded)
-            if not new:
+            hints = self._reshape_hints()
+            if not new and not hints:
                 break
             _replace_with_constants(light, {t: self.const_value(t) for t in new})
             folded |= new
+            for name, dims in hints.items():
+                light.graph.value_info.append(
+                    onnx.helper.make_tensor_value_info(name, self._dtypes.get(name, 1), dims))
         for node in self.nodes:
             if node.op_type == "Constant" and node.output[0] not in self._shapes:
                 v = self.const_value_of_constant_node(node)
@@ -86,6 +122,47 @@ class GraphView:
                 old = self._shapes.get(vi.name)
                 if old is None or sum(d is None for d in dims) < sum(d is None for d in old):
                     self._shapes[vi.name] = dims
+                    self._sym[vi.name] = [d.dim_value if d.HasField("dim_value") else
+                                          (d.dim_param or None) for d in tt.shape.dim]
+
+    def _reshape_hints(self) -> dict[str, list]:
+        """Output dims of Reshapes that ONNX inference left unknown, solved symbolically: a -1 entry is
+        the input's size over the other entries, with symbolic batch/sequence dims cancelling."""
+        from .analysis.shape_values import ConstEntry, DimEntry, OtherEntry, shape_entries
+
+        hints = {}
+        for i, node in enumerate(self.nodes):
+            if node.op_type != "Reshape" or len(node.input) < 2:
+                continue
+            out = node.output[0]
+            cur = self._shapes.get(out)
+            if cur is not None and None not in cur:
+                continue
+            xin = self._sym.get(node.input[0])
+            entries = shape_entries(self, node.input[1], i, 1)
+            if xin is None or entries is None:
+                continue
+            allowzero = self.attr(node, "allowzero", 0)
+            dims = []
+            for k, e in enumerate(entries):
+                if isinstance(e, (ConstEntry, OtherEntry)) and e.value is not None:
+                    v = e.value
+                    dims.append(xin[k] if v == 0 and not allowzero and k < len(xin) else v)
+                elif isinstance(e, DimEntry):
+                    s = self._sym.get(e.tensor)
+                    dims.append(s[e.axis] if s is not None and e.axis < len(s) else None)
+                else:
+                    dims.append(None)
+            if dims.count(-1) == 1:
+                solved = _solve_minus_one(xin, [d for d in dims if d != -1])
+                dims = [solved if d == -1 else d for d in dims]
+            if -1 in dims:
+                continue
+            known_new = sum(isinstance(d, int) for d in dims)
+            known_cur = sum(isinstance(d, int) for d in (self._sym.get(out) or []))
+            if known_new > known_cur:
+                hints[out] = dims
+        return hints
 
     def _foldable_unknowns(self, done: set[str]) -> set[str]:
         """Small integer tensors computable from constants and static shapes, feeding a node whose
@@ -160,7 +237,7 @@ class GraphView:
         node = self.nodes[p]
         if node.op_type == "Constant":
             return self.const_value_of_constant_node(node)
-        if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
             return None
         if node.op_type == "Shape":
             shp = self.shape(node.input[0])
@@ -178,10 +255,14 @@ class GraphView:
             if v is None:
                 return None
             ins.append(v)
-        try:
-            return _eval_simple(node, ins)
-        except Exception:  # noqa: BLE001 - anything unusual is simply "not constant"
+        if node.op_type in _FOLDABLE:
+            try:
+                return _eval_simple(node, ins)
+            except Exception:  # noqa: BLE001 - fall through to the reference evaluator
+                pass
+        if sum(v.size for v in ins if v is not None) > _SMALL_CONSTANT or len(node.output) != 1:
             return None
+        return _eval_reference(node, ins, self.opset())
 
     # ---- misc ---------------------------------------------------------------------------------------
     def _subgraph_captures(self) -> dict[str, str]:
@@ -203,6 +284,70 @@ class GraphView:
             if o.domain in (domain, "ai.onnx" if domain == "" else domain):
                 return o.version
         return 0
+
+
+DYNAMIC_BATCH = 1
+DYNAMIC_OTHER = 7  # prime, so it does not factor into channel counts by accident
+
+
+def concrete_input_shapes(model: onnx.ModelProto, given: dict) -> dict[str, list[int]]:
+    """Concrete dims for every graph input: `given` first, then the model's static dims; a dynamic
+    dim becomes 1 on axis 0 (batch) and 7 elsewhere, the same value for the same symbolic name.
+    Analysis runs on these, so every channel axis has a static size; the output keeps its dynamic dims."""
+    inits = {t.name for t in model.graph.initializer}
+    by_name: dict[str, int] = {}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        if vi.name in given:
+            dims = [int(d) for d in given[vi.name]]
+            for d, proto in zip(dims, vi.type.tensor_type.shape.dim):
+                if proto.dim_param:
+                    by_name.setdefault(proto.dim_param, d)
+            out[vi.name] = dims
+    for vi in model.graph.input:
+        if vi.name in inits or vi.name in out or not vi.type.HasField("tensor_type"):
+            continue
+        if not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = []
+        for ax, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(d.dim_value)
+            elif d.dim_param and d.dim_param in by_name:
+                dims.append(by_name[d.dim_param])
+            else:
+                v = DYNAMIC_BATCH if ax == 0 else DYNAMIC_OTHER
+                if d.dim_param:
+                    by_name[d.dim_param] = v
+                dims.append(v)
+        out[vi.name] = dims
+    return out
+
+
+def _solve_minus_one(xin: list, others: list):
+    """Size of a -1 Reshape entry from input dims and the other entries (ints or symbol names)."""
+    from collections import Counter
+
+    if any(d is None for d in xin) or any(d is None for d in others):
+        return None
+    num = 1
+    den = 1
+    syms = Counter()
+    for d in xin:
+        if isinstance(d, str):
+            syms[d] += 1
+        else:
+            num *= d
+    for d in others:
+        if isinstance(d, str):
+            syms[d] -= 1
+        else:
+            den *= d
+    if any(v != 0 for v in syms.values()) or den == 0 or num % den:
+        return None
+    return num // den
 
 
 _SMALL_CONSTANT = 4096  # elements; larger initializers are given to shape inference as typed inputs

@@ -24,7 +24,10 @@ def session(model: onnx.ModelProto, threads: int = 0):
 def synthetic_inputs(model: onnx.ModelProto, input_shapes: dict | None = None, seed: int = 0,
                      dynamic_dim: int = DEFAULT_DYNAMIC_DIM) -> dict[str, np.ndarray]:
     """Random feeds for every graph input; unknown dims take `input_shapes` or `dynamic_dim`."""
+    from .graph import concrete_input_shapes
+
     rng = np.random.default_rng(seed)
+    input_shapes = concrete_input_shapes(model, input_shapes or {})
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
     for vi in model.graph.input:
