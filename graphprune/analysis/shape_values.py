@@ -29,6 +29,14 @@ class DimEntry:
 
 
 @dataclass(frozen=True)
+class ScaledDimEntry:
+    value: int | None
+    tensor: str  # value = factor * dim(tensor, axis), computed at run time
+    axis: int
+    factor: int
+
+
+@dataclass(frozen=True)
 class OtherEntry:
     value: int | None  # known by constant folding but not rewritable
 
@@ -57,6 +65,37 @@ def shape_entries(view, tensor: str, reader: int, reader_input: int, depth: int 
         return out
     if op in ("Unsqueeze", "Squeeze", "Identity", "Cast"):
         return shape_entries(view, node.input[0], p, 0, depth + 1)
+    if op == "Reshape":
+        shp = view.shape(tensor)
+        if shp is not None and len(shp) == 1:
+            return shape_entries(view, node.input[0], p, 0, depth + 1)
+        return _folded(view, tensor)
+    if op == "Where":
+        cond = view.const_value(node.input[0])
+        if cond is None:
+            return _folded(view, tensor)
+        a = shape_entries(view, node.input[1], p, 1, depth + 1)
+        b = shape_entries(view, node.input[2], p, 2, depth + 1)
+        n = view.shape(tensor)
+        if a is None or b is None or n is None or len(n) != 1 or n[0] is None:
+            return _folded(view, tensor)
+        cond = np.broadcast_to(np.ravel(cond), (n[0],))
+        a = a if len(a) == n[0] else a * n[0] if len(a) == 1 else None
+        b = b if len(b) == n[0] else b * n[0] if len(b) == 1 else None
+        if a is None or b is None:
+            return _folded(view, tensor)
+        return [a[i] if cond[i] else b[i] for i in range(n[0])]
+    if op == "Mul":
+        # dim * constant, as in GQA's repeat_kv: reshape(..., num_kv_heads * n_rep, ...)
+        for k in (0, 1):
+            c = view.const_value(node.input[1 - k])
+            if c is None or c.size != 1 or not _shape_free(view, node.input[1 - k]):
+                continue
+            base = shape_entries(view, node.input[k], p, k, depth + 1)
+            if base is not None and all(isinstance(e, DimEntry) for e in base):
+                f = int(np.ravel(c)[0])
+                return [ScaledDimEntry(None if e.value is None else e.value * f, e.tensor, e.axis, f) for e in base]
+        return _folded(view, tensor)
     if op == "Shape":
         src = node.input[0]
         shp = view.shape(src)
@@ -82,6 +121,19 @@ def shape_entries(view, tensor: str, reader: int, reader_input: int, depth: int 
         steps = view.const_value(node.input[4]) if len(node.input) > 4 and node.input[4] else [1]
         return base[int(starts[0]):_end(int(ends[0]), len(base)):int(steps[0])]
     return _folded(view, tensor)
+
+
+def _shape_free(view, tensor: str, depth: int = 0) -> bool:
+    """True when a constant does not depend on any tensor's run-time shape (a real constant)."""
+    if view.is_stored_constant(tensor):
+        return True
+    p = view.producer.get(tensor)
+    if p is None or depth > 8:
+        return False
+    node = view.nodes[p]
+    if node.op_type in ("Shape", "Size"):
+        return False
+    return all(_shape_free(view, t, depth + 1) for t in node.input if t)
 
 
 def _folded(view, tensor):

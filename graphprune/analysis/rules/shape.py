@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import register
-from ..shape_values import ConstEntry, DimEntry, shape_entries
+from ..shape_values import ConstEntry, DimEntry, ScaledDimEntry, shape_entries
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -178,6 +178,13 @@ def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None):
         if isinstance(e, DimEntry):
             if ctx.space(e.tensor, e.axis) is not None:
                 ctx.tie(y, ax, e.tensor, e.axis)
+            continue
+        if isinstance(e, ScaledDimEntry) and e.value == ctx.space(y, ax).size and e.factor > 0:
+            # The entry is factor * (a dim read at run time): each of those channels owns `factor`
+            # consecutive elements here, so the computed size follows the cut by construction.
+            if ctx.space(e.tensor, e.axis) is not None:
+                n = ctx.space(y, ax).size
+                ctx.tie(y, ax, e.tensor, e.axis, np.arange(n), np.arange(n) // e.factor)
             continue
         ctx.fix(y, ax, f"{ctx.op} '{ctx.name}': shape entry {ax} is computed at run time")
 
