@@ -102,7 +102,10 @@ _ENTRIES = [
     _entry("densenet", "DenseNet (growth 8, blocks 3-3-3), pre-activation BN-ReLU-Conv, concat, 3x32x32"),
     _entry("squeezenet", "SqueezeNet 1.1-style fire modules (squeeze 1x1, expand 1x1|3x3 concat), no BN"),
     _entry("inception", "GoogLeNet-style inception blocks (4 branches incl. max/avg pool branch), 3x32x32"),
-    _entry("shufflenetv2", "ShuffleNetV2 units (chunk split, concat, channel shuffle), stride 1 and 2, 3x32x32"),
+    _entry(
+        "shufflenetv2",
+        "ShuffleNetV2 units (chunk split, concat, channel shuffle), stride 1 and 2, 3x32x32",
+    ),
     _entry(
         "unet",
         "U-Net, 4 levels, skip concat, ConvTranspose2d + bilinear/nearest Resize upsampling, 3x64x64",

@@ -27,7 +27,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=sorted(ZOO), metavar="NAME", help="zoo model (see `list --all`)")
     p.add_argument("--exporter", choices=EXPORTERS, default="torchscript")
-    p.add_argument("--keep-bn", action="store_true", help="keep BatchNormalization nodes (no Conv+BN folding)")
+    p.add_argument(
+        "--keep-bn", action="store_true", help="keep BatchNormalization nodes (no Conv+BN folding)"
+    )
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_export_args(p_build)
     p_build.add_argument("-o", "--output", required=True, help="output .onnx path")
     p_build.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
-    p_build.add_argument("--opset", type=int, default=None, help="default: 17 (torchscript), exporter default (dynamo)")
+    p_build.add_argument(
+        "--opset", type=int, default=None, help="default: 17 (torchscript), exporter default (dynamo)"
+    )
     p_build.add_argument("--seed", type=int, default=0)
     p_build.add_argument("-v", "--verbose", action="store_true", help="print op counts to stderr")
     p_build.set_defaults(func=_cmd_build)

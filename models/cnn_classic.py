@@ -276,7 +276,8 @@ class DenseNet(nn.Module):
         blocks: list[nn.Module] = []
         c = num_init_features
         for i, n in enumerate(block_config):
-            blocks.append(_DenseBlock([_DenseLayer(c + j * growth_rate, growth_rate, bn_size) for j in range(n)]))
+            layers = [_DenseLayer(c + j * growth_rate, growth_rate, bn_size) for j in range(n)]
+            blocks.append(_DenseBlock(layers))
             c += n * growth_rate
             if i != len(block_config) - 1:
                 out = int(c * compression)
@@ -337,7 +338,13 @@ class SqueezeNet(nn.Module):
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, stem_channels, stem_kernel, stem_stride, padding=stem_kernel // 2 if stem_stride == 1 else 0),
+            nn.Conv2d(
+                in_channels,
+                stem_channels,
+                stem_kernel,
+                stem_stride,
+                padding=stem_kernel // 2 if stem_stride == 1 else 0,
+            ),
             nn.ReLU(),
             nn.MaxPool2d(3, 2, ceil_mode=True),
         ]

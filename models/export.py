@@ -16,6 +16,10 @@ BatchNorm handling (model always in eval mode):
 * dynamo, ``keep_bn=True``: export with ``optimize=False`` then run the same onnxscript
   optimisation with the three BN-fusion rewrite rules taken out of its default rule set.
 
+The dynamo exporter always runs with ``optimize=False`` and the optimisation is applied
+here; the unoptimised translation is memoised in-process (see ``_MEMO``), so the folded
+and the keep_bn variant of a model cost one ``torch.export`` between them.
+
 Files are written atomically (temporary file in the target directory, then ``os.replace``)
 with all weights embedded (no external ``.data`` file), checked with
 ``onnx.checker.check_model(full_check=True)``.
@@ -23,6 +27,7 @@ with all weights embedded (no external ``.data`` file), checked with
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -35,7 +40,9 @@ from typing import Any, Iterator
 import onnx
 import torch
 
-__all__ = ["export_model", "TORCHSCRIPT_DEFAULT_OPSET", "count_ops"]
+from .layers import has_batchnorm
+
+__all__ = ["export_model", "TORCHSCRIPT_DEFAULT_OPSET", "count_ops", "clear_memo"]
 
 TORCHSCRIPT_DEFAULT_OPSET = 17
 
@@ -65,20 +72,25 @@ def export_model(
     """Build zoo model ``name`` (eval mode, seeded) and export it to ``path``.
 
     ``opset=None`` means 17 for TorchScript and the dynamo exporter's own default
-    (opset 20 with torch 2.13) for dynamo. ``dynamic_batch`` makes dim 0 of every input
-    and output symbolic ("batch"); the example batch is then 2 (torch.export specialises
-    size-1 dims). Returns the path written.
+    (opset 20 with torch 2.13) for dynamo; dynamo rejects ``opset < 18``.
+    ``dynamic_batch`` makes dim 0 of every input and output symbolic ("batch"); the
+    example batch is then 2 (torch.export specialises size-1 dims). ``check`` runs
+    ``onnx.checker.check_model(full_check=True)`` before the file is moved into place.
+    Returns the path written.
     """
     from . import EXPORTERS, get_entry
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if exporter == "dynamo" and opset is not None and opset < 18:
+        # torch.onnx would warn, try a down-conversion that fails for most CNNs, and keep 18
+        raise ValueError(f"the dynamo exporter targets opset >= 18 (got opset={opset})")
     entry = get_entry(name)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     module, inputs = entry.build(seed=seed, batch=2 if dynamic_batch else 1)
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    has_bn = has_batchnorm(module)
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -88,7 +100,8 @@ def export_model(
             if exporter == "torchscript":
                 _export_torchscript(module, inputs, tmp, entry, keep_bn, opset, dynamic_batch)
             else:
-                _export_dynamo(module, inputs, tmp, entry, keep_bn, opset, dynamic_batch)
+                memo_key = (name, seed, dynamic_batch, opset)
+                _export_dynamo(module, inputs, tmp, entry, keep_bn, opset, dynamic_batch, memo_key)
         model = onnx.load(os.fspath(tmp))
         _check_no_external_data(model)
         if keep_bn and has_bn and not any(n.op_type == "BatchNormalization" for n in model.graph.node):
@@ -109,11 +122,18 @@ def export_model(
         if check:
             onnx.checker.check_model(model, full_check=True)
         onnx.save(model, os.fspath(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_no_external_data(model: onnx.ModelProto) -> None:
@@ -160,26 +180,34 @@ def _export_dynamo(
     keep_bn: bool,
     opset: int | None,
     dynamic_batch: bool,
+    memo_key: tuple | None = None,
 ) -> None:
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple({0: batch} for _ in inputs)
-    with _quiet_dynamo_exporter():
-        program = torch.onnx.export(
-            module,
-            inputs,
-            None,  # serialise ourselves, after optimisation, with external_data=False
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(entry.input_names),
-            output_names=list(entry.output_names),
-            dynamic_shapes=dynamic_shapes,
-            optimize=False,
-            external_data=False,
-            verbose=False,
-        )
-    assert program is not None
+    from onnxscript import ir
+
+    model = _memo_get(memo_key)
+    if model is None:
+        dynamic_shapes = None
+        if dynamic_batch:
+            batch = torch.export.Dim("batch")
+            dynamic_shapes = tuple({0: batch} for _ in inputs)
+        with _quiet_dynamo_exporter():
+            program = torch.onnx.export(
+                module,
+                inputs,
+                None,  # serialise ourselves, after optimisation, with external_data=False
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(entry.input_names),
+                output_names=list(entry.output_names),
+                dynamic_shapes=dynamic_shapes,
+                optimize=False,  # optimised below, with or without the BN-fusion rules
+                external_data=False,
+                verbose=False,
+            )
+        assert program is not None
+        model = program.model
+        _memo_put(memo_key, ir.serde.serialize_model(model).SerializeToString())
+    program = torch.onnx.ONNXProgram(model, None)
     with _OPTIMIZER_LOCK:
         if keep_bn:
             with _without_bn_fusion():
@@ -187,6 +215,36 @@ def _export_dynamo(
         else:
             program.optimize()
     program.save(os.fspath(path), external_data=False)
+
+
+# In-process memo of *unoptimised* dynamo translations (serialised ModelProto bytes), so
+# exporting the keep_bn and the folded variant of one model runs torch.export only once.
+# Keyed by (name, seed, dynamic_batch, opset); bounded by size (LRU).
+_MEMO: "collections.OrderedDict[tuple, bytes]" = collections.OrderedDict()
+_MEMO_MAX_BYTES = 256 << 20
+_MEMO_MAX_ENTRY = 32 << 20
+
+
+def _memo_get(key: tuple | None) -> Any:
+    if key is None or key not in _MEMO:
+        return None
+    from onnxscript import ir
+
+    _MEMO.move_to_end(key)
+    return ir.serde.deserialize_model(onnx.ModelProto.FromString(_MEMO[key]))
+
+
+def _memo_put(key: tuple | None, data: bytes) -> None:
+    if key is None or len(data) > _MEMO_MAX_ENTRY:
+        return
+    _MEMO[key] = data
+    while sum(len(v) for v in _MEMO.values()) > _MEMO_MAX_BYTES:
+        _MEMO.popitem(last=False)
+
+
+def clear_memo() -> None:
+    """Forget the in-process dynamo translations (see ``_MEMO``)."""
+    _MEMO.clear()
 
 
 @contextlib.contextmanager

@@ -51,11 +51,22 @@ EXPECTED_MODELS = [
 # DenseNet's pre-activation BNs read a Concat / the stem-less block input and must survive.
 PREACT_BN_MODELS = {"densenet"}
 BN_MODELS = [n for n in CNN_MODELS if ZOO[n].has_batchnorm]
-DYNAMIC_BATCH_MODELS = ["shufflenetv2", "yolo_c2f", "vgg", "conv3d"]
+# channel-shuffle Reshape targets, Flatten -> Gemm, Resize / ConvTranspose with a symbolic batch
+DYNAMIC_BATCH_MODELS = ["shufflenetv2", "vgg", "unet"]
 
 
 def _bn_module_count(module: torch.nn.Module) -> int:
     return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread_torch():
+    """The models are tiny: intra-op threading only adds overhead, and on a loaded
+    machine OpenMP spin-waiting makes 2-thread CPU ops 10-100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
@@ -249,6 +260,8 @@ def test_export_rejects_unknown():
         export_model("nope", "/tmp/never.onnx")
     with pytest.raises(ValueError):
         get_model("resnet18", exporter="tflite")
+    with pytest.raises(ValueError, match="opset"):
+        export_model("conv1d", "/tmp/never.onnx", exporter="dynamo", opset=17)
 
 
 # --------------------------------------------------------------------------- cache + CLI
@@ -286,8 +299,14 @@ def test_default_cache_dir(monkeypatch):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "models", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "models", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -300,7 +319,7 @@ def test_cli_list():
 
 def test_cli_build(tmp_path):
     out = tmp_path / "vgg.onnx"
-    r = _cli("build", "vgg", "--exporter", "dynamo", "--keep-bn", "-o", os.fspath(out))
+    r = _cli("build", "vgg", "--keep-bn", "-o", os.fspath(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == os.fspath(out)
     model = _check_file(out)
