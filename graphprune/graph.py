@@ -106,6 +106,7 @@ class GraphView:
             for name, dims in hints.items():
                 light.graph.value_info.append(
                     onnx.helper.make_tensor_value_info(name, self._dtypes.get(name, 1), dims))
+        self._runtime_shapes(input_shapes)
         for node in self.nodes:
             if node.op_type == "Constant" and node.output[0] not in self._shapes:
                 v = self.const_value_of_constant_node(node)
@@ -113,6 +114,32 @@ class GraphView:
                     self._shapes[node.output[0]] = list(v.shape)
         self._const_cache = {}
         return self._shapes, self._dtypes
+
+    def _runtime_shapes(self, input_shapes) -> None:
+        """Shapes ONNX inference could not give (contrib ops, custom domains ORT knows): run the model once
+        in ONNX Runtime on synthetic inputs at the concrete input shapes and read them off."""
+        missing = [o for n in self.nodes for o in n.output
+                   if o and (self._shapes.get(o) is None or None in self._shapes[o])]
+        if not missing or self.model.ByteSize() > (1 << 31) - (1 << 26):
+            return
+        try:
+            from .runtime import session, synthetic_inputs
+
+            probe = onnx.ModelProto()
+            probe.CopyFrom(self.model)
+            have = {o.name for o in probe.graph.output}
+            for name in missing:
+                if name not in have:
+                    probe.graph.output.append(onnx.ValueInfoProto(name=name))
+            sess = session(probe)
+            names = [o.name for o in sess.get_outputs()]
+            values = sess.run(names, synthetic_inputs(self.model, input_shapes))
+        except Exception:  # noqa: BLE001 - best effort: what stays unknown is frozen by the rules
+            return
+        for name, v in zip(names, values):
+            if name in missing and hasattr(v, "shape"):
+                self._shapes[name] = list(v.shape)
+                self._dtypes.setdefault(name, onnx.helper.np_dtype_to_tensor_dtype(v.dtype))
 
     def _read_inferred(self, inferred) -> None:
         g = inferred.graph
