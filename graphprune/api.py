@@ -98,8 +98,9 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
     if options.validate:
         validation = validate.validate(pruned, m, analysis, removed, options.input_shapes)
     timings["validate"] = time.perf_counter() - t
-    before = stats(m, view) if m is original else stats(original)
-    after = stats(pruned)
+    # Count both on the same input shapes (--input-shape), or a dynamic model's before/after ratio is off.
+    before = stats(m, view) if m is original else stats(original, GraphView(original, options.input_shapes))
+    after = stats(pruned, GraphView(pruned, options.input_shapes))
     report = Report(
         before=before, after=after,
         groups_total=len(analysis.channel_groups),

@@ -228,6 +228,19 @@ def test_input_shapes_fix_dynamic_dims(model):
     assert m.SerializeToString() == before
 
 
+@pytest.mark.parametrize("dynamic_axes", [(0,), (0, 2, 3)])
+def test_report_counts_before_and_after_on_the_same_input_shape(model, dynamic_axes):
+    """MACs before and after are both counted for --input-shape, so their ratio is the static model's."""
+    m = dynamic_batch(model)
+    for ax in dynamic_axes:
+        m.graph.input[0].type.tensor_type.shape.dim[ax].dim_param = f"d{ax}"
+    static = graphprune.prune(model, ratio=0.5).report
+    dyn = graphprune.prune(m, ratio=0.5, input_shapes={"input": [3, 3, 16, 16]}).report
+    assert dyn.before.macs == 3 * static.before.macs
+    assert dyn.after.macs == 3 * static.after.macs
+    assert dyn.before.params == static.before.params and dyn.after.params == static.after.params
+
+
 @pytest.mark.parametrize("shapes, message", [
     ({"image": [1, 3, 16, 16]}, "not a graph input"),
     ({"input": [1, 3, 16]}, "rank"),
