@@ -153,13 +153,25 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(env) if env else _REPO_ROOT / ".cache" / "zoo"
 
 
+# Sources that determine a CNN export (other modules of the package, e.g. the transformer
+# zoo, have their own cache keys and must not invalidate these files).
+_CNN_SOURCES = (
+    "__init__.py",
+    "layers.py",
+    "export.py",
+    "cnn.py",
+    "cnn_classic.py",
+    "cnn_mobile.py",
+    "cnn_dense.py",
+)
+
+
 def _source_digest() -> str:
     h = hashlib.sha256()
-    for p in sorted(pathlib.Path(__file__).parent.glob("*.py")):
-        if p.name == "__main__.py":
-            continue
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
+    here = pathlib.Path(__file__).parent
+    for name in _CNN_SOURCES:
+        h.update(name.encode())
+        h.update((here / name).read_bytes())
     return h.hexdigest()
 
 

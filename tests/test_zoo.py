@@ -207,6 +207,10 @@ def test_keep_bn_export(name, exporter, exported):
     module, _ = ZOO[name].build()
     # every BatchNorm module survives as one BatchNormalization node
     assert ops.get("BatchNormalization", 0) == _bn_module_count(module), ops
+    for node in model.graph.node:  # inference-mode BN (running statistics), single output
+        if node.op_type == "BatchNormalization":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs.get("training_mode", 0) == 0 and len(node.output) == 1, node
     assert "Dropout" not in ops
     folded = count_ops(exported(name, exporter, keep_bn=False))
     assert folded.get("BatchNormalization", 0) < ops["BatchNormalization"]
