@@ -43,6 +43,8 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output path (default: MODEL.pruned.onnx next to the input)")
     p.add_argument("--report", metavar="PATH", help="write the report as JSON")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channel counts are multiples of N")
+    p.add_argument("--head-ratio", type=float, default=None, help="fraction of attention heads to remove (default: --ratio)")
+    p.add_argument("--mlp-ratio", type=float, default=None, help="fraction of MLP neurons to remove (default: --ratio)")
     p.add_argument("--max-ratio", type=float, default=None, help="never remove more than this fraction of a group")
     p.add_argument("--importance", default="l2", help="l2 (group magnitude, default), l1 or random")
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _options(args) -> PruneOptions:
     return PruneOptions(
-        ratio=args.ratio, max_ratio=args.max_ratio, round_to=args.round_to, exclude=tuple(args.exclude),
+        ratio=args.ratio, head_ratio=args.head_ratio, mlp_ratio=args.mlp_ratio, max_ratio=args.max_ratio, round_to=args.round_to, exclude=tuple(args.exclude),
         importance=args.importance, input_shapes=parse_input_shapes(args.input_shape), seed=args.seed,
         validate=not args.no_validate, prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden,
     ).check()

@@ -11,6 +11,8 @@ from .errors import UsageError
 @dataclass
 class PruneOptions:
     ratio: float = 0.5
+    head_ratio: float | None = None  # attention heads (default: ratio)
+    mlp_ratio: float | None = None  # MLP neurons of linear layers (default: ratio)
     max_ratio: float | None = None
     round_to: int = 1
     exclude: tuple[str, ...] = ()
@@ -28,7 +30,7 @@ class PruneOptions:
             self.exclude = (self.exclude,)
         if not all(isinstance(p, str) for p in self.exclude):
             raise UsageError(f"exclude must be glob strings, got {list(self.exclude)!r}")
-        for name in ("ratio", "max_ratio"):
+        for name in ("ratio", "head_ratio", "mlp_ratio", "max_ratio"):
             v = getattr(self, name)
             if v is not None:
                 if isinstance(v, bool) or not isinstance(v, numbers.Real):
@@ -41,6 +43,10 @@ class PruneOptions:
             setattr(self, name, int(v))
         if not (0.0 <= self.ratio < 1.0):
             raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        for name in ("head_ratio", "mlp_ratio"):
+            v = getattr(self, name)
+            if v is not None and not (0.0 <= v < 1.0):
+                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
         if self.max_ratio is not None and not (0.0 <= self.max_ratio < 1.0):
             raise UsageError(f"--max-ratio must be in [0, 1), got {self.max_ratio}")
         if self.round_to < 1:
@@ -51,6 +57,14 @@ class PruneOptions:
             raise UsageError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
         self.exclude = tuple(self.exclude)
         return self
+
+    def ratio_for(self, kind: str) -> float:
+        """The ratio a group of this kind gets: --head-ratio / --mlp-ratio where given, else --ratio."""
+        if kind == "head" and self.head_ratio is not None:
+            return self.head_ratio
+        if kind == "mlp" and self.mlp_ratio is not None:
+            return self.mlp_ratio
+        return self.ratio
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -27,7 +27,7 @@ def _bytes(n: float) -> str:
 def group_rows(analysis):
     for i, g in enumerate(analysis.channel_groups):
         yield {
-            "id": i, "group": g.key, "channels": g.size, "prunable": not g.frozen,
+            "id": i, "group": g.key, "kind": g.kind, "channels": g.size, "prunable": not g.frozen,
             "nodes": g.nodes, "reasons": g.reasons,
         }
 
@@ -48,12 +48,12 @@ def print_analysis(analysis, summary: bool = False, console: Console | None = No
     n_frozen = sum(not r["prunable"] for r in rows)
     if not summary:
         t = Table(title="Channel groups", show_lines=False)
-        for col in ("id", "group", "channels", "status", "nodes"):
+        for col in ("id", "group", "kind", "units", "status", "nodes"):
             t.add_column(col)
         for r in rows:
             status = "prunable" if r["prunable"] else "frozen: " + "; ".join(r["reasons"][:1])
             nodes = ", ".join(r["nodes"][:3]) + (f" (+{len(r['nodes']) - 3})" if len(r["nodes"]) > 3 else "")
-            t.add_row(str(r["id"]), r["group"], str(r["channels"]), status, nodes)
+            t.add_row(str(r["id"]), r["group"], r["kind"], str(r["channels"]), status, nodes)
         console.print(t)
     console.print(f"{len(rows)} channel groups: {len(rows) - n_frozen} prunable "
                   f"({sum(r['channels'] for r in rows if r['prunable'])} channels), {n_frozen} frozen")

@@ -33,11 +33,15 @@ def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, cha
     return max(1, min(n, keep))
 
 
-def allocate_uniform(analysis, scores: dict[str, np.ndarray], ratio: float, fingerprint: str,
+def allocate_uniform(analysis, scores: dict[str, np.ndarray], ratio, fingerprint: str,
                      max_ratio: float | None = None, round_to: int = 1, options: dict | None = None) -> Plan:
+    """`ratio` is a number, or a function of the group kind ("head", "mlp", "channel", "hidden")."""
     plan = Plan(fingerprint, options=dict(options or {}))
+    ratio_of = ratio if callable(ratio) else (lambda kind: ratio)
     for g in analysis.prunable:
-        keep = kept_count(g.size, ratio, max_ratio, round_to, g.round_multiple)
+        multiple = 1 if g.kind == "head" else g.round_multiple
+        rt = 1 if g.kind == "head" else round_to  # whole heads: --round-to is about channel counts
+        keep = kept_count(g.size, ratio_of(g.kind), max_ratio, rt, multiple)
         n_remove = g.size - keep
         if n_remove <= 0:
             continue

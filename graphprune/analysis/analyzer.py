@@ -41,6 +41,7 @@ class Group:
     producers: list[str]
     consumers: list[str]
     round_multiple: int = 1  # channels per unit in the group's data spaces (for --round-to)
+    kind: str = "channel"  # "channel" (convolutions), "head", "mlp" (linear layers), "hidden" (normalised axis)
 
     @property
     def size(self) -> int:
@@ -92,6 +93,7 @@ class _Analyzer:
         self.roles: list[Role] = []
         self.reasons: dict[int, list[tuple[str, bool]]] = {}
         self.frozen_elements: list[tuple[np.ndarray, str]] = []
+        self.marks: dict[int, str] = {}
 
     def _all_tensors(self):
         seen = dict.fromkeys(self.view.input_names)
@@ -109,6 +111,9 @@ class _Analyzer:
         lst = self.reasons.setdefault(space_id, [])
         if len(lst) < 4 and (reason, silent) not in lst:
             lst.append((reason, silent))
+
+    def mark(self, space_id: int, what: str) -> None:
+        self.marks[space_id] = what
 
     def freeze_elements(self, elements: np.ndarray, reason: str) -> None:
         self.frozen_elements.append((np.asarray(elements, dtype=np.int64), reason))
@@ -287,8 +292,29 @@ class _Analyzer:
         per_unit = [sp.size // max(len(units), 1) for sp in spaces if not sp.constant
                     and np.isin(roots[sp.offset:sp.offset + sp.size], unit_set).all()]
         mult = min(per_unit) if per_unit else 1
+        kind = self._kind(spaces, role_by_space, len(units))
         return Group(gid, anchor.key, ordered, list(sig), frozen, shown, nodes,
-                     list(dict.fromkeys(producers)), list(dict.fromkeys(consumers)), max(mult, 1))
+                     list(dict.fromkeys(producers)), list(dict.fromkeys(consumers)), max(mult, 1), kind)
+
+    def _kind(self, spaces, role_by_space, n_units) -> str:
+        """What the units are, for per-kind ratios: attention heads, MLP neurons, hidden size or channels."""
+        if any(self.marks.get(sp.id) == "hidden" for sp in spaces):
+            return "hidden"
+        linear, conv, multi = False, False, False
+        for sp in spaces:
+            for role in role_by_space.get(sp.id, []):
+                if not role.weight:
+                    continue
+                op = self.view.nodes[role.node].op_type
+                if op in ("Conv", "ConvTranspose"):
+                    conv = True
+                else:
+                    linear = True
+                if role.kind == "producer" and sp.size > n_units:
+                    multi = True
+        if linear and not conv:
+            return "head" if multi else "mlp"
+        return "channel"
 
 
 def analyze(model_or_view, options: AnalysisOptions | None = None) -> Analysis:

@@ -140,6 +140,12 @@ class RuleContext:
                 break
         self._a.roles.append(Role(kind, sp.id, self.index, k, axis, self.is_weight(tensor)))
 
+    def mark(self, tensor: str, axis: int, what: str) -> None:
+        """Label a space (e.g. "hidden": a normalised axis cut under --prune-hidden)."""
+        sp = self.space(tensor, axis)
+        if sp is not None:
+            self._a.mark(sp.id, what)
+
     def freeze_node(self, reason: str) -> None:
         """Freeze every axis of every input and output of this node."""
         for t in list(self.node.input) + list(self.node.output):

@@ -80,9 +80,11 @@ def layer_norm(ctx):
             rp = ctx.rank(p)
             for ax in range(rp or 0):
                 ctx.tie(p, ax, y, r - rp + ax)
-    if not ctx.options.prune_hidden:
-        for ax in range(axis, r):
-            ctx.fix(x, ax, f"LayerNormalization '{ctx.name}' normalises over this axis (hidden-size pruning "
+    for ax in range(axis, r):
+        if ctx.options.prune_hidden:
+            ctx.mark(x, ax, "hidden")
+        else:
+            ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' normalises over this axis (hidden-size pruning "
                            f"changes its statistics; opt in with --prune-hidden)")
     for extra in ctx.outputs[1:]:
         if extra:

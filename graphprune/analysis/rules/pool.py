@@ -124,6 +124,9 @@ def _reduce_axes(ctx, r):
     return sorted(a % r for a in axes)
 
 
+_NORM_REDUCES = ("ReduceMean", "ReduceSumSquare", "ReduceL2", "ReduceSum")
+
+
 @register("pool", *REDUCE, "ArgMax", "ArgMin")
 def reduce(ctx):
     """Reduce*/ArgMax/ArgMin: reduced axes mix values; the others pass through (keepdims or not)."""
@@ -140,9 +143,17 @@ def reduce(ctx):
             ctx.freeze_node(f"{ctx.op} '{ctx.name}': axes are computed at run time")
             return
     keep = ctx.attr("keepdims", 1)
+    # A decomposed LayerNorm/RMSNorm reduces over the last (hidden) axis; --prune-hidden accepts that
+    # cutting it changes the statistics, as for LayerNormalization itself.
+    norm_like = (ctx.options.prune_hidden and ctx.op in _NORM_REDUCES and axes == [r - 1] and keep)
     oy = 0
     for ax in range(r):
-        if ax in axes:
+        if ax in axes and norm_like:
+            ctx.free(x, ax)
+            ctx.mark(x, ax, "hidden")
+            ctx.fix(y, oy)
+            oy += 1
+        elif ax in axes:
             ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' reduces over axis {ax}")
             if keep:
                 ctx.fix(y, oy)
