@@ -37,7 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def prune_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="graphprune", description="Structured pruning of ONNX models. "
-                "Also: `graphprune analyze MODEL` lists the channel groups.")
+                "Also: `graphprune analyze MODEL` lists the channel groups; "
+                "`graphprune bench ORIGINAL PRUNED` measures their ONNX Runtime latency.")
     _common(p)
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of the channels of every group to remove")
     p.add_argument("-o", "--output", help="output path (default: MODEL.pruned.onnx next to the input)")
@@ -65,6 +66,24 @@ def analyze_parser() -> argparse.ArgumentParser:
     return p
 
 
+def bench_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="graphprune bench", description="ONNX Runtime CPU latency of two models, measured "
+                "interleaved (ABBA) on the same synthetic inputs: medians and the speedup.")
+    p.add_argument("original", help="the original ONNX model")
+    p.add_argument("pruned", help="the pruned ONNX model")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS",
+                   help="fix an input's dims, e.g. input:8,3,224,224 (repeatable)")
+    p.add_argument("--batch", type=int, default=None, help="size of a dynamic batch axis (axis 0)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: the number of cores)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up runs of each model")
+    p.add_argument("--repeat", type=int, default=30, help="measured runs of each model")
+    p.add_argument("--ops", action="store_true", help="also count ops in ONNX Runtime's optimized graphs")
+    p.add_argument("--seed", type=int, default=0, help="seed for the synthetic inputs")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -74,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if argv[:1] == ["analyze"]:
             return _analyze(analyze_parser().parse_args(argv[1:]))
+        if argv[:1] == ["bench"]:
+            return _bench(bench_parser().parse_args(argv[1:]))
         return _prune(prune_parser().parse_args(argv))
     except GraphpruneError as exc:
         if debug:
@@ -176,6 +197,15 @@ def _analyze(args) -> int:
         print(json.dumps(analysis_json(a), indent=1))
     elif not args.quiet:
         print_analysis(a, summary=args.summary)
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import bench, format_result
+
+    res = bench(args.original, args.pruned, input_shapes=parse_input_shapes(args.input_shape), batch=args.batch,
+                threads=args.threads or None, warmup=args.warmup, repeat=args.repeat, seed=args.seed, ops=args.ops)
+    print(json.dumps(res.to_dict(), indent=1) if args.json else format_result(res))
     return 0
 
 
