@@ -1,0 +1,900 @@
+"""graphprune transformer zoo: small Hugging Face ``transformers`` models, exported to ONNX on demand.
+
+>>> from models.transformers_zoo import TRANSFORMER_ZOO, TRANSFORMER_MODELS, get_transformer_model
+>>> path = get_transformer_model("llama")                        # TorchScript export
+>>> path = get_transformer_model("swin", exporter="dynamo")
+
+Every model is built locally from a ``transformers`` config class with small sizes
+(hidden 32-128, 2 layers or stages, 4 heads) and random but deterministic weights: no
+``from_pretrained``, nothing touches the Hugging Face hub (``HF_HUB_OFFLINE`` is set
+before ``transformers`` is imported unless the caller set it).
+
+Each Hugging Face model is wrapped in a small :class:`torch.nn.Module` whose ``forward``
+takes plain tensors (``input_ids, attention_mask`` for text, ``pixel_values`` for vision,
+``input_features`` / ``input_values`` for audio) and returns plain tensors
+(``last_hidden_state`` and, where the model has a head, ``logits``).
+
+Weights: after construction (``torch.manual_seed(seed)``, then the model's own
+initialisation) every bias and every normalisation weight/bias (LayerNorm, RMSNorm,
+GroupNorm, BatchNorm) is redrawn from a seeded generator, parameters that are still
+constant (zero-initialised tables and tokens, ConvNeXt's 1e-6 layer scale) are redrawn,
+and BatchNorm running statistics are randomised. No two parameters hold identical values
+(only genuinely shared ones, ALBERT's shared layer and GPT-2's tied embedding, are one
+tensor), so the exporters' initializer deduplication never ties unrelated layers.
+
+Export (:func:`export_transformer`): TorchScript (``dynamo=False``, opset 17,
+``dynamic_axes``) or dynamo (``dynamo=True``, exporter default opset, ``dynamic_shapes``
+built from ``torch.export.Dim``, default onnxscript optimisation). The dimensions each
+entry makes dynamic are in :attr:`Entry.dynamic`; an exporter that must export a model
+with fewer dynamic dimensions says why in :attr:`Entry.static_reason`. Files are single
+``.onnx`` files (no external data), written atomically and checked with
+``onnx.checker.check_model(full_check=True)``.
+
+The cache (:func:`get_transformer_model`) shares the CNN zoo's directory
+(:func:`models.default_cache_dir`); file names carry the model, the exporter and a hash of
+the torch / transformers / onnx / onnxscript versions and of this module's source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Entry",
+    "TRANSFORMER_ZOO",
+    "TRANSFORMER_MODELS",
+    "TRANSFORMER_EXPORTERS",
+    "TORCHSCRIPT_OPSET",
+    "get_transformer_entry",
+    "get_transformer_model",
+    "export_transformer",
+    "transformer_cache_key",
+    "randomize_weights",
+    "TransformerWrapper",
+]
+
+TRANSFORMER_EXPORTERS = ("torchscript", "dynamo")
+TORCHSCRIPT_OPSET = 17
+
+# dimension names used in Entry.dynamic / dynamic_axes
+BATCH, SEQ = "batch", "sequence"
+
+
+def _transformers():
+    """Import ``transformers`` offline (lazily: importing this module stays cheap)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import transformers
+
+    return transformers
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+class TransformerWrapper(nn.Module):
+    """Plain-tensor front end of a Hugging Face model.
+
+    ``forward(*inputs)`` returns ``adapter(hf_model, *inputs)``: a tuple of tensors. The
+    adapters call the base model and the head explicitly (no ``ModelOutput`` objects, no
+    keyword-only arguments), which is what both exporters need.
+    """
+
+    def __init__(self, hf_model: nn.Module, adapter: Callable[..., tuple[torch.Tensor, ...]]) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self._adapter = adapter
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:  # pragma: no cover - overridden
+        return self._adapter(self.hf, *inputs)
+
+
+class TextWrapper(TransformerWrapper):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._adapter(self.hf, input_ids, attention_mask)
+
+
+class VisionWrapper(TransformerWrapper):
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._adapter(self.hf, pixel_values)
+
+
+class AudioWrapper(TransformerWrapper):
+    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._adapter(self.hf, audio)
+
+
+# adapters: (hf_model, *inputs) -> tuple of tensors ------------------------------------
+
+
+def _seqcls_pooled(base_attr: str):
+    """BERT / ALBERT: pooler (tanh dense on [CLS]) -> dropout -> classifier."""
+
+    def adapter(hf, input_ids, attention_mask):
+        out = getattr(hf, base_attr)(input_ids=input_ids, attention_mask=attention_mask)
+        logits = hf.classifier(hf.dropout(out.pooler_output))
+        return out.last_hidden_state, logits
+
+    return adapter
+
+
+def _roberta(hf, input_ids, attention_mask):
+    out = hf.roberta(input_ids=input_ids, attention_mask=attention_mask)
+    h = out.last_hidden_state
+    return h, hf.classifier(h)  # RobertaClassificationHead reads h[:, 0]
+
+
+def _distilbert(hf, input_ids, attention_mask):
+    h = hf.distilbert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    pooled = torch.relu(hf.pre_classifier(h[:, 0]))
+    return h, hf.classifier(hf.dropout(pooled))
+
+
+def _causal_lm(base_attr: str):
+    def adapter(hf, input_ids, attention_mask):
+        out = getattr(hf, base_attr)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        h = out.last_hidden_state
+        return h, hf.lm_head(h)
+
+    return adapter
+
+
+def _encoder_only(hf, input_ids, attention_mask):
+    return (hf(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,)
+
+
+def _vit(hf, pixel_values):
+    h = hf.vit(pixel_values).last_hidden_state
+    return h, hf.classifier(h[:, 0, :])
+
+
+def _deit_teacher(hf, pixel_values):
+    h = hf.deit(pixel_values).last_hidden_state
+    cls_logits = hf.cls_classifier(h[:, 0, :])
+    dist_logits = hf.distillation_classifier(h[:, 1, :])
+    return h, (cls_logits + dist_logits) / 2
+
+
+def _pooled_image(base_attr: str, dropout: bool = False):
+    def adapter(hf, pixel_values):
+        out = getattr(hf, base_attr)(pixel_values)
+        pooled = out.pooler_output
+        if dropout:
+            pooled = hf.dropout(pooled)
+        return out.last_hidden_state, hf.classifier(pooled)
+
+    return adapter
+
+
+def _segformer(hf, pixel_values):
+    out = hf.segformer(pixel_values, output_hidden_states=True)
+    return out.last_hidden_state, hf.decode_head(out.hidden_states)
+
+
+def _whisper_encoder(hf, input_features):
+    return (hf(input_features).last_hidden_state,)
+
+
+def _wav2vec2_ctc(hf, input_values):
+    h = hf.wav2vec2(input_values).last_hidden_state
+    return h, hf.lm_head(hf.dropout(h))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One transformer zoo model.
+
+    ``config`` (keyword arguments of ``transformers.<config_class>``) and ``model_class``
+    (built with ``model_class(config)``) define the Hugging Face model; ``adapter`` maps it
+    to plain tensors. ``length`` is the example sequence length for text (tokens), the
+    number of frames for Whisper, the number of samples for wav2vec2, and the image side
+    for vision. ``check_batch`` / ``check_length`` is the second input size the tests run
+    through ONNX Runtime (the dimensions not in ``dynamic`` keep their example size).
+    """
+
+    name: str
+    description: str
+    modality: str  # text | vision | audio
+    config_class: str
+    config: Mapping[str, Any] = field(repr=False)
+    model_class: str
+    adapter: Callable[..., tuple[torch.Tensor, ...]] = field(repr=False)
+    output_names: tuple[str, ...]
+    attn_implementation: str | None  # "eager" | "sdpa" | None (no attention / no switch)
+    attn_note: str = ""
+    batch: int = 2
+    length: int = 16
+    channels: int = 3  # image channels / mel bins
+    check_batch: int = 3
+    check_length: int | None = None  # None: same as length
+    max_length: int | None = None  # upper bound of the dynamic length dimension
+    dynamic: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({"torchscript": (BATCH,), "dynamo": (BATCH,)})
+    )
+    static_reason: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    xfail: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        if self.modality == "text":
+            return ("input_ids", "attention_mask")
+        if self.modality == "vision":
+            return ("pixel_values",)
+        return ("input_features",) if self.model_class == "WhisperEncoder" else ("input_values",)
+
+    def make_inputs(
+        self, batch: int | None = None, length: int | None = None, seed: int = 0
+    ) -> tuple[torch.Tensor, ...]:
+        """Deterministic example inputs (``batch``/``length`` default to the export size).
+
+        Text: random token ids and an int64 attention mask with right padding (row ``b``
+        masks its last ``(3 * b) % (length // 2)`` tokens, so row 0 is unpadded and no row
+        is all padding). Vision: N(0, 1) pixels. Audio: N(0, 1) mel features / samples.
+        """
+        batch = self.batch if batch is None else batch
+        length = self.length if length is None else length
+        gen = torch.Generator().manual_seed(10_007 + seed)
+        if self.modality == "text":
+            vocab = int(self.config.get("vocab_size"))
+            ids = torch.randint(0, vocab, (batch, length), generator=gen, dtype=torch.int64)
+            mask = torch.ones(batch, length, dtype=torch.int64)
+            for b in range(batch):
+                pad = (3 * b) % max(length // 2, 1)
+                if pad:
+                    mask[b, length - pad :] = 0
+            return ids, mask
+        if self.modality == "vision":
+            return (torch.randn(batch, self.channels, length, length, generator=gen),)
+        if self.model_class == "WhisperEncoder":
+            return (torch.randn(batch, self.channels, length, generator=gen),)
+        return (torch.randn(batch, length, generator=gen),)
+
+    @property
+    def second_size(self) -> tuple[int, int]:
+        """(batch, length) of the second check: differs in every dimension dynamic under
+        *some* exporter (callers keep a dimension at its example size where an export is
+        static in it, see :meth:`check_size`)."""
+        return self.check_batch, self.length if self.check_length is None else self.check_length
+
+    def check_size(self, exporter: str) -> tuple[int, int] | None:
+        """The second (batch, length) to run an ``exporter`` export at; None if fully static."""
+        dyn = self.dynamic[exporter]
+        if not dyn:
+            return None
+        b, n = self.second_size
+        return (b if BATCH in dyn else self.batch, n if SEQ in dyn else self.length)
+
+    # ------------------------------------------------------------------ model
+
+    def hf_config(self, attn_implementation: str | None = None) -> Any:
+        tf = _transformers()
+        kw = dict(self.config)
+        attn = attn_implementation or self.attn_implementation
+        if attn is not None:
+            kw["attn_implementation"] = attn
+        return getattr(tf, self.config_class)(**kw)
+
+    def build_hf(self, seed: int = 0, attn_implementation: str | None = None) -> nn.Module:
+        """The bare Hugging Face model, seeded, weights randomised, eval mode."""
+        tf = _transformers()
+        config = self.hf_config(attn_implementation)
+        torch.manual_seed(seed)
+        if self.model_class == "WhisperEncoder":
+            from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+            model = WhisperEncoder(config)
+        else:
+            model = getattr(tf, self.model_class)(config)
+        randomize_weights(model, torch.Generator().manual_seed(seed + 1_000_003))
+        return model.eval()
+
+    def build(
+        self, seed: int = 0, attn_implementation: str | None = None
+    ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+        """(wrapped model in eval mode, example inputs at the export size)."""
+        hf = self.build_hf(seed, attn_implementation)
+        wrapper_cls = {"text": TextWrapper, "vision": VisionWrapper, "audio": AudioWrapper}[self.modality]
+        return wrapper_cls(hf, self.adapter).eval(), self.make_inputs(seed=seed)
+
+    def dynamic_axes(self, exporter: str, module: nn.Module | None = None) -> dict[str, dict[int, str]]:
+        """TorchScript-style ``{input/output name: {axis: dim name}}`` for the dynamic dims.
+
+        Inputs: axis 0 is ``batch``, axis 1 ``sequence`` (tokens; samples for wav2vec2).
+        Output axes are found by running ``module`` (built if not given) at sizes that
+        differ in one dimension at a time: an output axis that follows the batch is
+        ``batch``, one that equals the input length ``sequence``, and one that follows the
+        length but differs from it (wav2vec2 frames) ``frames``.
+        """
+        dyn = self.dynamic[exporter]
+        axes: dict[str, dict[int, str]] = {}
+        for name in self.input_names:
+            a = {}
+            if BATCH in dyn:
+                a[0] = BATCH
+            if SEQ in dyn:
+                a[1] = SEQ
+            if a:
+                axes[name] = a
+        if not dyn:
+            return axes
+        if module is None:
+            module, _ = self.build()
+        b0, n0 = self.batch, self.length
+        b1, n1 = self.second_size
+        with torch.no_grad():
+            base = [tuple(t.shape) for t in module(*self.make_inputs(b0, n0))]
+            by_batch = [tuple(t.shape) for t in module(*self.make_inputs(b1, n0))] if BATCH in dyn else base
+            by_len = [tuple(t.shape) for t in module(*self.make_inputs(b0, n1))] if SEQ in dyn else base
+        for name, s0, sb, sn in zip(self.output_names, base, by_batch, by_len):
+            a = {}
+            for i, (d0, db, dn) in enumerate(zip(s0, sb, sn)):
+                if d0 != db:
+                    a[i] = BATCH
+                elif d0 != dn:
+                    a[i] = SEQ if (d0, dn) == (n0, n1) else "frames"
+            if a:
+                axes[name] = a
+        return axes
+
+
+def _mp(**kw: Any) -> Mapping[str, Any]:
+    return MappingProxyType(kw)
+
+
+_TEXT_DYN = _mp(torchscript=(BATCH, SEQ), dynamo=(BATCH, SEQ))
+_BATCH_DYN = _mp(torchscript=(BATCH,), dynamo=(BATCH,))
+
+_ENTRIES: list[Entry] = [
+    # ----------------------------------------------------------------- text encoders
+    Entry(
+        "bert",
+        "BERT: post-LN encoder, learned absolute + token-type embeddings, GELU MLP, tanh pooler + "
+        "classifier; hidden 64, 2 layers, 4 heads, FFN 128, vocab 128, seq 16",
+        "text",
+        "BertConfig",
+        _mp(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, max_position_embeddings=64, type_vocab_size=2, num_labels=3),
+        "BertForSequenceClassification",
+        _seqcls_pooled("bert"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "distilbert",
+        "DistilBERT: 2-layer BERT without token types/pooler, [CLS] -> pre_classifier -> ReLU -> "
+        "classifier; dim 64, 4 heads, FFN 128, vocab 128, seq 16",
+        "text",
+        "DistilBertConfig",
+        _mp(vocab_size=128, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=64,
+            num_labels=3),
+        "DistilBertForSequenceClassification",
+        _distilbert,
+        ("last_hidden_state", "logits"),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "roberta",
+        "RoBERTa: BERT encoder with padding-aware position ids (cumsum of input_ids != pad), "
+        "dense-tanh-dense classification head on <s>; hidden 64, 2 layers, 4 heads, FFN 128",
+        "text",
+        "RobertaConfig",
+        _mp(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+            num_labels=3),
+        "RobertaForSequenceClassification",
+        _roberta,
+        ("last_hidden_state", "logits"),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "albert",
+        "ALBERT: factorised embedding (32 -> 64 projection), ONE transformer layer's weights shared "
+        "by both layers (num_hidden_groups=1), pooler + classifier; hidden 64, 4 heads, FFN 128",
+        "text",
+        "AlbertConfig",
+        _mp(vocab_size=128, embedding_size=32, hidden_size=64, num_hidden_layers=2, num_hidden_groups=1,
+            inner_group_num=1, num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+            num_labels=3),
+        "AlbertForSequenceClassification",
+        _seqcls_pooled("albert"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "t5_encoder",
+        "T5 v1.1 encoder (T5EncoderModel): RMS LayerNorm (no bias), relative position bias "
+        "(32 log buckets) computed in layer 0 and reused by layer 1, gated-GELU FFN, no biases; "
+        "d_model 64, 4 heads x d_kv 16, d_ff 128",
+        "text",
+        "T5Config",
+        _mp(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=32, relative_attention_max_distance=64,
+            feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False),
+        "T5EncoderModel",
+        _encoder_only,
+        ("last_hidden_state",),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    # ----------------------------------------------------------------- decoders
+    Entry(
+        "gpt2",
+        "GPT-2: pre-LN decoder, Conv1D layers (weight [in, out]), fused QKV c_attn split in 3, "
+        "causal mask, gelu_new MLP, LM head tied to the token embedding; n_embd 64, 2 layers, "
+        "4 heads, FFN 256, vocab 128",
+        "text",
+        "GPT2Config",
+        _mp(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=256, bos_token_id=0,
+            eos_token_id=0, pad_token_id=0),
+        "GPT2LMHeadModel",
+        _causal_lm("transformer"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "llama",
+        "LLaMA: RMSNorm, RoPE, SwiGLU MLP, GQA (4 query heads, 2 KV heads, repeat_kv), no "
+        "biases, untied LM head; hidden 64, head_dim 16, 2 layers, FFN 128, vocab 128",
+        "text",
+        "LlamaConfig",
+        _mp(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            tie_word_embeddings=False, use_cache=False),
+        "LlamaForCausalLM",
+        _causal_lm("model"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "qwen2",
+        "Qwen2: LLaMA-style decoder (RMSNorm, RoPE, SwiGLU) with q/k/v biases, GQA 4 query / 2 KV "
+        "heads; hidden 64, 2 layers, FFN 128, vocab 128",
+        "text",
+        "Qwen2Config",
+        _mp(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            tie_word_embeddings=False, use_cache=False, use_sliding_window=False),
+        "Qwen2ForCausalLM",
+        _causal_lm("model"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "phi",
+        "Phi: parallel attention + MLP blocks sharing one LayerNorm, partial RoPE (half of each "
+        "head), biased q/k/v/dense, gelu_new MLP, final LayerNorm, biased LM head; hidden 64, "
+        "2 layers, 4 heads, FFN 128, vocab 128",
+        "text",
+        "PhiConfig",
+        _mp(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=64, partial_rotary_factor=0.5,
+            tie_word_embeddings=False, use_cache=False),
+        "PhiForCausalLM",
+        _causal_lm("model"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    # ----------------------------------------------------------------- vision
+    Entry(
+        "vit",
+        "ViT: 8x8 patch conv on 3x32x32 (16 patches + [CLS]), pre-LN encoder, final LayerNorm, "
+        "classifier on [CLS]; hidden 64, 2 layers, 4 heads, FFN 128, 10 classes",
+        "vision",
+        "ViTConfig",
+        _mp(image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=128, num_labels=10),
+        "ViTForImageClassification",
+        _vit,
+        ("last_hidden_state", "logits"),
+        "eager",
+        length=32,
+        dynamic=_BATCH_DYN,
+    ),
+    Entry(
+        "deit",
+        "DeiT (with distillation token): [CLS] + [DIST] tokens, two heads averaged; 8x8 patches on "
+        "3x32x32, hidden 64, 2 layers, 4 heads, FFN 128, 10 classes",
+        "vision",
+        "DeiTConfig",
+        _mp(image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=128, num_labels=10),
+        "DeiTForImageClassificationWithTeacher",
+        _deit_teacher,
+        ("last_hidden_state", "logits"),
+        "eager",
+        length=32,
+        dynamic=_BATCH_DYN,
+    ),
+    Entry(
+        "swin",
+        "Swin: 2x2 patches on 3x32x32, 2 stages x 2 blocks (W-MSA then shifted SW-MSA with "
+        "attention mask), window 4, relative position bias table gathered per window, patch "
+        "merging; dims 64 -> 128, 4 heads per stage, MLP ratio 2, 10 classes",
+        "vision",
+        "SwinConfig",
+        _mp(image_size=32, patch_size=2, num_channels=3, embed_dim=64, depths=[2, 2], num_heads=[4, 4],
+            window_size=4, mlp_ratio=2.0, num_labels=10),
+        "SwinForImageClassification",
+        _pooled_image("swin"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        length=32,
+        dynamic=_BATCH_DYN,
+    ),
+    Entry(
+        "convnext",
+        "ConvNeXt: 4x4 patchify stem, depthwise 7x7 conv + channels-last LayerNorm + pointwise "
+        "MLP (Linear) + layer scale, downsampling LayerNorm + 2x2 conv; dims 32 -> 64, 2 x 2 blocks, "
+        "3x32x32, 10 classes (no attention)",
+        "vision",
+        "ConvNextConfig",
+        _mp(num_channels=3, patch_size=4, num_stages=2, hidden_sizes=[32, 64], depths=[2, 2],
+            image_size=32, num_labels=10),
+        "ConvNextForImageClassification",
+        _pooled_image("convnext"),
+        ("last_hidden_state", "logits"),
+        None,
+        length=32,
+        dynamic=_BATCH_DYN,
+    ),
+    Entry(
+        "mobilevit",
+        "MobileViT: MobileNetV2 blocks (BN, SiLU) + MobileViT blocks (unfold 2x2 patches -> "
+        "transformer -> fold, conv fusion with concat); 3x64x64, transformer dims 32/48/64, "
+        "4 heads, 10 classes",
+        "vision",
+        "MobileViTConfig",
+        _mp(image_size=64, patch_size=2, num_channels=3, hidden_sizes=[32, 48, 64],
+            neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 96], num_attention_heads=4, mlp_ratio=2.0,
+            expand_ratio=2.0, num_labels=10),
+        "MobileViTForImageClassification",
+        _pooled_image("mobilevit", dropout=True),
+        ("last_hidden_state", "logits"),
+        None,
+        length=64,
+        dynamic=_BATCH_DYN,
+    ),
+    Entry(
+        "segformer",
+        "SegFormer: 2-stage Mix Transformer (overlapping patch embeds, efficient self-attention "
+        "with spatial-reduction conv + LayerNorm on keys/values, Mix-FFN with depthwise 3x3), "
+        "all-MLP decode head with bilinear upsampling + concat; dims 32/64, 2 blocks per stage, "
+        "3x64x64 -> 5 classes at 16x16",
+        "vision",
+        "SegformerConfig",
+        _mp(num_channels=3, num_encoder_blocks=2, depths=[2, 2], sr_ratios=[2, 1], hidden_sizes=[32, 64],
+            patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[2, 4], mlp_ratios=[2, 2],
+            decoder_hidden_size=64, num_labels=5),
+        "SegformerForSemanticSegmentation",
+        _segformer,
+        ("last_hidden_state", "logits"),
+        "eager",
+        length=64,
+        dynamic=_BATCH_DYN,
+    ),
+    # ----------------------------------------------------------------- audio
+    Entry(
+        "whisper_encoder",
+        "Whisper encoder: 2 x Conv1d + GELU (stride 2) on 80 mel bins x 32 frames, sinusoidal "
+        "positions (16), pre-LN encoder, final LayerNorm; d_model 64, 2 layers, 4 heads, FFN 128",
+        "audio",
+        "WhisperConfig",
+        _mp(vocab_size=128, num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4,
+            encoder_ffn_dim=128, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128,
+            max_source_positions=16, max_target_positions=16, pad_token_id=0, bos_token_id=1,
+            eos_token_id=2, decoder_start_token_id=1),
+        "WhisperEncoder",
+        _whisper_encoder,
+        ("last_hidden_state",),
+        "eager",
+        length=32,
+        channels=80,
+        dynamic=_BATCH_DYN,
+    ),
+    Entry(
+        "wav2vec2",
+        "wav2vec2: conv feature encoder (3 x Conv1d, GroupNorm on the first, GELU) on raw audio, "
+        "feature projection, weight-normed grouped positional conv, post-LN encoder, CTC head; "
+        "conv dims 32, hidden 64, 2 layers, 4 heads, FFN 128, 400 samples -> 19 frames",
+        "audio",
+        "Wav2Vec2Config",
+        _mp(vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, conv_dim=(32, 32, 32), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="group",
+            do_stable_layer_norm=False, mask_time_prob=0.0),
+        "Wav2Vec2ForCTC",
+        _wav2vec2_ctc,
+        ("last_hidden_state", "logits"),
+        "eager",
+        length=400,
+        check_length=320,
+        max_length=4000,
+        dynamic=_TEXT_DYN,
+    ),
+]
+
+TRANSFORMER_ZOO: dict[str, Entry] = {e.name: e for e in _ENTRIES}
+TRANSFORMER_MODELS: list[str] = [e.name for e in _ENTRIES]
+
+
+def get_transformer_entry(name: str) -> Entry:
+    try:
+        return TRANSFORMER_ZOO[name]
+    except KeyError:
+        raise KeyError(f"unknown transformer zoo model {name!r}; known: {', '.join(TRANSFORMER_ZOO)}") from None
+
+
+# --------------------------------------------------------------------------- weights
+
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.RMSNorm)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    if isinstance(module, _NORM_TYPES):
+        return True
+    cls = type(module).__name__.lower()
+    return "layernorm" in cls or "rmsnorm" in cls or cls.endswith("norm")
+
+
+@torch.no_grad()
+def randomize_weights(model: nn.Module, gen: torch.Generator) -> None:
+    """Make a freshly initialised model's parameters non-trivial and pairwise distinct.
+
+    * every bias: ``N(0, 0.05^2)``
+    * every normalisation weight (LayerNorm, RMSNorm, T5's LayerNorm, GroupNorm, BatchNorm):
+      ``1 + N(0, 0.1^2)``; BatchNorm running mean ``N(0, 0.1^2)``, variance ``U(0.5, 1.5)``
+    * any other parameter still holding one repeated value (zero-initialised tokens and
+      bias tables, ConvNeXt's ``1e-6`` layer scale): ``N(0, 0.05^2)``, or ``0.5 + N(0, 0.1^2)``
+      for scale parameters (so residual branches are not switched off)
+    * finally, any parameter equal to an earlier *distinct* parameter gets ``N(0, 1e-4)`` noise.
+
+    Shared parameters (the same tensor reached twice, e.g. tied embeddings) stay shared.
+    """
+    owner: dict[int, nn.Module] = {}
+    for mod in model.modules():
+        for p in mod.parameters(recurse=False):
+            owner.setdefault(id(p), mod)
+
+    def draw(p: torch.Tensor, std: float, mean: float = 0.0) -> None:
+        p.copy_(mean + std * torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype))
+
+    for name, p in model.named_parameters():  # shared parameters appear once
+        leaf = name.rsplit(".", 1)[-1]
+        mod = owner[id(p)]
+        if _is_norm(mod) and leaf in ("weight", "bias"):
+            draw(p, 0.1, 1.0) if leaf == "weight" else draw(p, 0.05)
+        elif leaf == "bias" or leaf.endswith("_bias"):
+            draw(p, 0.05)
+        elif p.numel() > 1 and bool((p == p.reshape(-1)[0]).all()):
+            if "scale" in leaf or leaf in ("gamma", "lambda1", "lambda2"):
+                draw(p, 0.1, 0.5)
+            else:
+                draw(p, 0.05)
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
+            draw(mod.running_mean, 0.1)
+            mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=gen))
+    seen: dict[bytes, int] = {}
+    for p in model.parameters():
+        key = p.detach().cpu().contiguous().numpy().tobytes()
+        if key in seen:
+            p.add_(1e-2 * torch.randn(p.shape, generator=gen))
+            key = p.detach().cpu().contiguous().numpy().tobytes()
+        seen[key] = id(p)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def transformer_cache_key() -> str:
+    """Hash of torch / transformers / onnx / onnxscript versions and of this module's source."""
+    parts = [f"torch={torch.__version__}"]
+    for mod in ("transformers", "onnx", "onnxscript"):
+        try:
+            parts.append(f"{mod}={__import__(mod).__version__}")
+        except Exception:  # pragma: no cover - optional
+            parts.append(f"{mod}=none")
+    parts.append("src=" + hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def get_transformer_model(
+    name: str,
+    exporter: str = "torchscript",
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+) -> pathlib.Path:
+    """Path of the exported ONNX model, exporting it into the cache on first use.
+
+    The cache is :func:`models.default_cache_dir` (``$GRAPHPRUNE_ZOO_CACHE`` or
+    ``<repo>/.cache/zoo``) unless ``cache_dir`` is given; the file is
+    ``hf__<name>__<exporter>[__seed<k>]__<hash>.onnx``.
+    """
+    get_transformer_entry(name)
+    if exporter not in TRANSFORMER_EXPORTERS:
+        raise ValueError(f"exporter must be one of {TRANSFORMER_EXPORTERS}, got {exporter!r}")
+    if cache_dir is None:
+        from . import default_cache_dir
+
+        root = default_cache_dir()
+    else:
+        root = pathlib.Path(cache_dir)
+    parts = ["hf", name, exporter] + ([f"seed{seed}"] if seed else [])
+    path = root / f"{'__'.join(parts)}__{transformer_cache_key()}.onnx"
+    if not path.is_file():
+        export_transformer(name, path, exporter=exporter, seed=seed)
+    return path
+
+
+def export_transformer(
+    name: str,
+    path: str | os.PathLike,
+    exporter: str = "torchscript",
+    *,
+    seed: int = 0,
+    attn_implementation: str | None = None,
+    dynamic: bool = True,
+    check: bool = True,
+) -> pathlib.Path:
+    """Build zoo model ``name`` (seeded, eval mode) and export it to ``path`` atomically.
+
+    TorchScript: opset 17, ``dynamic_axes`` for the entry's dynamic dims. Dynamo: the
+    exporter's default opset, ``dynamic_shapes`` with ``torch.export.Dim`` for them, the
+    exporter's default optimisation. ``dynamic=False`` exports every dimension static;
+    ``attn_implementation`` overrides the entry's choice (for experiments).
+    """
+    import onnx
+
+    entry = get_transformer_entry(name)
+    if exporter not in TRANSFORMER_EXPORTERS:
+        raise ValueError(f"exporter must be one of {TRANSFORMER_EXPORTERS}, got {exporter!r}")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module, inputs = entry.build(seed=seed, attn_implementation=attn_implementation)
+    dyn = entry.dynamic[exporter] if dynamic else ()
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = pathlib.Path(tmp_name)
+    try:
+        t0 = time.perf_counter()
+        with torch.no_grad(), _quiet():
+            if exporter == "torchscript":
+                _export_torchscript(module, inputs, tmp, entry, dyn)
+            else:
+                _export_dynamo(module, inputs, tmp, entry, dyn)
+        seconds = time.perf_counter() - t0
+        model = onnx.load(os.fspath(tmp))
+        for init in model.graph.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL:
+                raise RuntimeError(f"initializer {init.name!r} was saved as external data")
+        model.doc_string = entry.description
+        meta = {
+            "graphprune.zoo.name": name,
+            "graphprune.zoo.family": "transformers",
+            "graphprune.zoo.exporter": exporter,
+            "graphprune.zoo.seed": str(seed),
+            "graphprune.zoo.dynamic": ",".join(dyn),
+            "graphprune.zoo.attn_implementation": str(
+                attn_implementation or entry.attn_implementation or "none"
+            ),
+            "graphprune.zoo.export_seconds": f"{seconds:.2f}",
+            "graphprune.zoo.torch": torch.__version__,
+            "graphprune.zoo.transformers": _transformers().__version__,
+        }
+        existing = {p.key for p in model.metadata_props}
+        for k, v in meta.items():
+            if k not in existing:
+                model.metadata_props.add(key=k, value=v)
+        if check:
+            onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, os.fspath(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _export_torchscript(module, inputs, path, entry: Entry, dyn: tuple[str, ...]) -> None:
+    axes = entry.dynamic_axes("torchscript", module) if dyn else None
+    torch.onnx.export(
+        module,
+        inputs,
+        os.fspath(path),
+        dynamo=False,
+        opset_version=TORCHSCRIPT_OPSET,
+        input_names=list(entry.input_names),
+        output_names=list(entry.output_names),
+        dynamic_axes=axes or None,
+        do_constant_folding=True,
+    )
+
+
+def _export_dynamo(module, inputs, path, entry: Entry, dyn: tuple[str, ...]) -> None:
+    dims = {}
+    if BATCH in dyn:
+        dims[0] = torch.export.Dim(BATCH, min=1, max=1024)
+    if SEQ in dyn:
+        dims[1] = torch.export.Dim(SEQ, min=2, max=entry.max_length or 4096)
+    dynamic_shapes = tuple(dict(dims) for _ in inputs) if dims else None
+    program = torch.onnx.export(
+        module,
+        inputs,
+        None,
+        dynamo=True,
+        input_names=list(entry.input_names),
+        output_names=list(entry.output_names),
+        dynamic_shapes=dynamic_shapes,
+        external_data=False,
+        verbose=False,
+    )
+    assert program is not None
+    program.save(os.fspath(path), external_data=False)
+
+
+class _quiet:
+    """Silence known-harmless exporter noise (tracer warnings, op-registry chatter)."""
+
+    def __enter__(self):
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        self._loggers = []
+        for name in ("torch.onnx._internal.exporter._registration", "torch.onnx"):
+            lg = logging.getLogger(name)
+            self._loggers.append((lg, lg.level))
+            lg.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in self._loggers:
+            lg.setLevel(level)
+        self._w.__exit__(*exc)
+        return False
