@@ -141,9 +141,8 @@ def ms_skip_layer_norm(ctx):
             ctx.elementwise([y], o)
         elif ro is not None:
             ctx.fix_tensor(o, f"{ctx.op} '{ctx.name}' returns normalisation statistics")
-    if ctx.options.prune_hidden:
-        ctx.mark(x, r - 1, "hidden")
-    else:
+    ctx.mark(x, r - 1, "hidden")
+    if not ctx.options.prune_hidden:
         ctx.fix(x, r - 1, f"{ctx.op} '{ctx.name}' normalises over this axis (hidden-size pruning changes its "
                           f"statistics; opt in with --prune-hidden)")
 

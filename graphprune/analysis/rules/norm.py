@@ -81,9 +81,8 @@ def layer_norm(ctx):
             for ax in range(rp or 0):
                 ctx.tie(p, ax, y, r - rp + ax)
     for ax in range(axis, r):
-        if ctx.options.prune_hidden:
-            ctx.mark(x, ax, "hidden")
-        else:
+        ctx.mark(x, ax, "hidden")
+        if not ctx.options.prune_hidden:
             ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' normalises over this axis (hidden-size pruning "
                            f"changes its statistics; opt in with --prune-hidden)")
     for extra in ctx.outputs[1:]:

@@ -145,12 +145,13 @@ def reduce(ctx):
     keep = ctx.attr("keepdims", 1)
     # A decomposed LayerNorm/RMSNorm reduces over the last (hidden) axis; --prune-hidden accepts that
     # cutting it changes the statistics, as for LayerNormalization itself.
-    norm_like = (ctx.options.prune_hidden and ctx.op in _NORM_REDUCES and axes == [r - 1] and keep)
+    norm_like = ctx.op in _NORM_REDUCES and axes == [r - 1] and keep and r >= 2
+    if norm_like:
+        ctx.mark(x, r - 1, "hidden")
     oy = 0
     for ax in range(r):
-        if ax in axes and norm_like:
+        if ax in axes and norm_like and ctx.options.prune_hidden:
             ctx.free(x, ax)
-            ctx.mark(x, ax, "hidden")
             ctx.fix(y, oy)
             oy += 1
         elif ax in axes:

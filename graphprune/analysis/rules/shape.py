@@ -117,14 +117,11 @@ def _merge_split_ties(ctx, x, y, groups, mid_in, mid_out):
         if len(bi) == 1 and len(bj) == 1:
             ctx.tie(x, bi[0], y, bj[0])
             continue
-        if len(bi) > 1 and len(bj) > 1:
-            for ax in bi:
-                ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' regroups axes {bi} into {bj}")
-            for ax in bj:
-                ctx.fix(y, ax, f"{ctx.op} '{ctx.name}' regroups axes {bi} into {bj}")
-            continue
         if ctx.pass_name == "A":
             continue  # merge/split ties wait until channel-like axes are known
+        if len(bi) > 1 and len(bj) > 1:
+            _regroup_ties(ctx, x, y, bi, bj, sx, sy)
+            continue
         if len(bi) > 1:  # merge: x axes bi -> y axis bj[0]
             dims = [sx[ax] for ax in bi]
             c = _pick_carrier(ctx, x, bi, sx)
@@ -141,6 +138,60 @@ def _merge_split_ties(ctx, x, y, groups, mid_in, mid_out):
             for ax in bj:
                 if ax != c:
                     ctx.fix(y, ax, _non_carrier_reason(ctx, y, ax))
+
+
+_REGROUP_LIMIT = 1 << 22  # elements of a regrouped block we are willing to enumerate
+
+
+def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
+    """Axes regrouped many-to-many (MobileViT's unfold: [C, H] -> [C*nH, ph]). The channel axis c on one
+    side is tied to an axis b on the other side when one coordinate is a function of the other over the
+    block's flat index: cutting c's value k then removes exactly the slices of b that map to k."""
+    din = [sx[a] for a in bi]
+    dout = [sy[b] for b in bj]
+    size = int(np.prod(din))
+    why = f"{ctx.op} '{ctx.name}' regroups axes {bi} into {bj}"
+    like_in = [a for a in bi if ctx.channel_like(x, a)]
+    like_out = [b for b in bj if ctx.channel_like(y, b)]
+    if size > _REGROUP_LIMIT or len(like_in) + len(like_out) != 1:
+        for a in bi:
+            ctx.fix(x, a, why)
+        for b in bj:
+            ctx.fix(y, b, why)
+        return
+    flat = np.arange(size)
+    cin = np.stack(np.unravel_index(flat, din))
+    cout = np.stack(np.unravel_index(flat, dout))
+    if like_in:
+        c_side, c_axes, c_coords, o_side, o_axes, o_coords = x, bi, cin, y, bj, cout
+    else:
+        c_side, c_axes, c_coords, o_side, o_axes, o_coords = y, bj, cout, x, bi, cin
+    c = (like_in or like_out)[0]
+    cc = c_coords[c_axes.index(c)]
+    tied = None
+    for k, b in enumerate(o_axes):
+        oc = o_coords[k]
+        n_o, n_c = (sy[b] if o_side == y else sx[b]), (sx[c] if c_side == x else sy[c])
+        f = np.full(n_o, -1)
+        f[oc] = cc  # last write wins; check it is a function below
+        if np.array_equal(f[oc], cc):  # channel coordinate is a function of b's coordinate
+            ctx.tie(o_side, b, c_side, c, np.arange(n_o), f)
+            tied = b
+            break
+        g = np.full(n_c, -1)
+        g[cc] = oc
+        if np.array_equal(g[cc], oc):  # b's coordinate is a function of the channel coordinate
+            ctx.tie(c_side, c, o_side, b, np.arange(n_c), g)
+            tied = b
+            break
+    if tied is None:
+        ctx.fix(c_side, c, why)
+    for a in c_axes:
+        if a != c:
+            ctx.fix(c_side, a, _non_carrier_reason(ctx, c_side, a))
+    for b in o_axes:
+        if b != tied:
+            ctx.fix(o_side, b, why if tied is None else _non_carrier_reason(ctx, o_side, b))
 
 
 def _non_carrier_reason(ctx, t, ax):
