@@ -23,15 +23,21 @@ BERT_SEQ = 128
 VIT_IMAGE = 224
 LLAMA_SEQ = 128
 
-# name: LlamaConfig keyword arguments (vocab 32000, untied LM head, GQA where the size class uses it)
+# name: LlamaConfig keyword arguments (vocab 32000, untied LM head, GQA where the size class uses it).
+# Models with "layers_from" are exported with 2 decoder layers and grown to num_hidden_layers by cloning
+# layer 1 (same nodes, fresh random weights, streamed to external data): the TorchScript exporter needs
+# ~4x the weights in memory, too much for 1B+ parameters on this machine.
 LLAMA_SIZES = {
     "llama_100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
                        num_key_value_heads=12),
     "llama_350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
                        num_key_value_heads=16),
     "llama_1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                     num_key_value_heads=4),  # the TinyLlama-1.1B shape
+                     num_key_value_heads=4, layers_from=2),  # the TinyLlama-1.1B shape
 }
+# Depth series at fixed width (hidden 768, as llama_100m): compiler time against node count.
+for _n in (16, 32, 64):
+    LLAMA_SIZES[f"llama_768x{_n}"] = dict(LLAMA_SIZES["llama_100m"], num_hidden_layers=_n, layers_from=2)
 
 
 def _transformers():
@@ -142,11 +148,17 @@ def llama(name: str, cache: pathlib.Path = CACHE) -> pathlib.Path:
     path = cache / f"{name}.onnx"
     if path.exists():
         return path
+    size = dict(LLAMA_SIZES[name])
+    grow_from = size.pop("layers_from", None)
+    if grow_from:
+        LLAMA_SIZES[f"{name}__seed"] = dict(size, num_hidden_layers=grow_from)
+        seed = llama(f"{name}__seed", cache)
+        return clone_layers(seed, size["num_hidden_layers"], path)
     import torch
 
     tf = _transformers()
     cfg = tf.LlamaConfig(vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False,
-                         use_cache=False, attn_implementation="eager", **LLAMA_SIZES[name])
+                         use_cache=False, attn_implementation="eager", **size)
     torch.manual_seed(0)
     t = time.perf_counter()
     model = tf.LlamaForCausalLM(cfg).eval()
@@ -168,6 +180,116 @@ def llama(name: str, cache: pathlib.Path = CACHE) -> pathlib.Path:
     print(f"exported {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params) "
           f"in {time.perf_counter() - t:.0f} s", flush=True)
     return out
+
+
+def clone_layers(src: pathlib.Path, n_layers: int, path: pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """Grow a TorchScript LLaMA export with layers 0 and 1 to `n_layers` decoder layers.
+
+    Layer 1's nodes (and the Constant nodes only it reads) are copied n_layers - 2 times with renamed
+    tensors, each copy reading the previous one's residual output; the final norm reads the last copy.
+    Copied weights are fresh random tensors with the template's mean and std. All initializers go to one
+    external data file, written tensor by tensor (memory stays at the 2-layer model's size).
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    t0 = time.perf_counter()
+    m = onnx.load(os.fspath(src))
+    g = m.graph
+    pre1, pre0 = "/m/model/layers.1/", "/m/model/layers.0/"
+    x_in, y_out = pre0 + "Add_1_output_0", pre1 + "Add_1_output_0"
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(g.node):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    layer1 = [i for i, n in enumerate(g.node) if n.name.startswith(pre1)]
+    in1 = set(layer1)
+    consts = [i for i, n in enumerate(g.node) if n.op_type == "Constant" and not n.input
+              and all(c in in1 for o in n.output for c in consumers.get(o, [])) and consumers.get(n.output[0])]
+    template = sorted(set(layer1) | set(consts))
+    inits = {t.name: t for t in g.initializer}
+    t_inits = sorted({t for i in layer1 for t in g.node[i].input if t in inits
+                      and all(c in in1 for c in consumers[t])})
+    rng = np.random.default_rng(seed)
+    new_nodes, new_inits = [], []
+    prev = y_out
+    for c in range(2, n_layers):
+        ren = {}
+        for i in template:
+            for o in g.node[i].output:
+                ren[o] = f"{o}__L{c}"
+        for t in t_inits:
+            ren[t] = f"{t}__L{c}"
+        ren[x_in] = prev
+        for i in template:
+            n = onnx.NodeProto()
+            n.CopyFrom(g.node[i])
+            n.name = n.name.replace("layers.1/", f"layers.{c}/") if n.name.startswith(pre1) else f"{n.name}__L{c}"
+            for k, t in enumerate(n.input):
+                n.input[k] = ren.get(t, t)
+            for k, t in enumerate(n.output):
+                n.output[k] = ren[t]
+            new_nodes.append(n)
+        for t in t_inits:
+            new_inits.append((ren[t], inits[t]))
+        prev = ren[y_out]
+    # rewire: everything after layer 1 that read its output now reads the last copy
+    last1 = max(layer1)
+    for i, n in enumerate(g.node):
+        if i > last1 and i not in in1:
+            for k, t in enumerate(n.input):
+                if t == y_out:
+                    n.input[k] = prev
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes[:last1 + 1] + new_nodes + nodes[last1 + 1:])
+    # stream every initializer (old and new) to one external data file
+    data_name = path.name + ".data"
+    tmp_data = path.parent / f".{data_name}.tmp"
+    offset = 0
+    with open(tmp_data, "wb") as f:
+        def put(t: onnx.TensorProto, arr) -> None:
+            nonlocal offset
+            raw = np.ascontiguousarray(arr).tobytes()
+            pad = (-offset) % 4096
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(raw)
+            t.ClearField("raw_data")
+            del t.float_data[:], t.int64_data[:], t.int32_data[:], t.double_data[:]
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            offset += len(raw)
+
+        stats = {}
+        for name, tmpl in new_inits:
+            if tmpl.name not in stats:
+                ref = numpy_helper.to_array(tmpl)
+                stats[tmpl.name] = (ref.shape, ref.dtype, float(ref.mean()), float(ref.std()))
+        for t in list(g.initializer):
+            arr = numpy_helper.to_array(t)
+            if arr.size >= 1024:
+                put(t, arr)
+        for name, tmpl in new_inits:
+            shape, dtype, mean, std = stats[tmpl.name]
+            arr = (rng.standard_normal(shape, dtype=np.float32) * std + mean).astype(dtype)
+            t = numpy_helper.from_array(arr, name)
+            if arr.size >= 1024:
+                put(t, arr)
+            g.initializer.append(t)
+    m.doc_string = f"{src.name} grown to {n_layers} decoder layers by graphprune benchmarks/bench_models.py"
+    tmp = path.parent / f".{path.name}.tmp"
+    onnx.save_model(m, os.fspath(tmp))
+    os.replace(tmp_data, path.parent / data_name)
+    os.replace(tmp, path)
+    params = sum(int(np.prod(t.dims)) for t in g.initializer)
+    print(f"grew {src.name} to {n_layers} layers ({params / 1e6:.0f}M params, {len(g.node)} nodes) "
+          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
 
 
 def cnn(name: str) -> pathlib.Path:
