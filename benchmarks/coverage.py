@@ -31,6 +31,9 @@ from graphprune.passes import rewrite  # noqa: E402
 
 
 def oracle_check(model, seed=0):
+    from graphprune.normalize import unshare_uniform_constants
+
+    model, _ = unshare_uniform_constants(model)
     a = analyze(GraphView(model))
     rng = np.random.default_rng(seed)
     removed = []
@@ -50,13 +53,18 @@ def oracle_check(model, seed=0):
     return worst
 
 
-def row_for(name, exporter, keep_bn=False):
-    from models import get_model
-
+def row_for(name, exporter, keep_bn=False, family="cnn"):
     label = f"{name}{' (BN kept)' if keep_bn else ''}"
-    row = {"model": label, "exporter": exporter}
+    row = {"model": label, "exporter": exporter, "family": family}
     try:
-        path = get_model(name, exporter=exporter, keep_bn=keep_bn)
+        if family == "cnn":
+            from models import get_model
+
+            path = get_model(name, exporter=exporter, keep_bn=keep_bn)
+        else:
+            from models.transformers_zoo import get_transformer_model
+
+            path = get_transformer_model(name, exporter=exporter)
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -67,8 +75,11 @@ def row_for(name, exporter, keep_bn=False):
         row["prunable_groups"] = len(a.prunable)
         row["channels"] = sum(g.size for g in a.channel_groups)
         row["prunable_channels"] = sum(g.size for g in a.prunable)
-        row["frozen"] = [{"group": g.key, "size": g.size, "reason": g.reasons[0] if g.reasons else "?"}
-                         for g in a.frozen]
+        row["frozen"] = [{"group": g.key, "size": g.size, "kind": g.kind,
+                          "reason": g.reasons[0] if g.reasons else "?"} for g in a.frozen]
+        for kind in ("head", "mlp"):
+            row[f"{kind}_units"] = sum(g.size for g in a.channel_groups if g.kind == kind)
+            row[f"{kind}_prunable"] = sum(g.size for g in a.prunable if g.kind == kind)
         t = time.perf_counter()
         res = graphprune.prune(model, ratio=0.5)
         row["prune_s"] = round(time.perf_counter() - t, 2)
@@ -84,7 +95,37 @@ def row_for(name, exporter, keep_bn=False):
     return row
 
 
+def render_transformers(rows) -> list[str]:
+    lines = [
+        "",
+        "# Coverage: transformer zoo, ratio 0.5",
+        "",
+        "Built from Hugging Face `transformers` configs with small sizes and random weights (no downloads),",
+        "exported with both torch exporters with dynamic batch and sequence where the model allows.",
+        "*Heads* / *MLP neurons*: prunable / total units of that kind. *MACs kept* after `--ratio 0.5`",
+        "(heads and MLP neurons; hidden size stays, see `--prune-hidden`).",
+        "",
+        "| model | exporter | heads prunable | MLP neurons prunable | params kept | MACs kept | oracle | validated |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['exporter']} | ERROR: {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['exporter']} | {r['head_prunable']}/{r['head_units']} | "
+            f"{r['mlp_prunable']}/{r['mlp_units']} | {r['params_kept']:.1%} | {r['macs_kept']:.1%} | "
+            f"{'pass' if r['oracle_pass'] else 'FAIL'} ({r['oracle_random_rel']:.1e}) | "
+            f"{'yes' if r['validated'] else 'no'} |")
+    ok = [r for r in rows if "error" not in r and r["oracle_pass"] and r["head_prunable"] and r["mlp_prunable"]]
+    lines += ["", f"Heads and MLP neurons pruned with the oracle passing: {len(ok)}/{len(rows)} model x exporter rows."]
+    return lines
+
+
 def render(rows) -> str:
+    cnn = [r for r in rows if r.get("family", "cnn") == "cnn"]
+    tfm = [r for r in rows if r.get("family") == "transformer"]
+    rows = cnn
     lines = [
         "# Coverage: CNN zoo, ratio 0.5",
         "",
@@ -105,8 +146,10 @@ def render(rows) -> str:
             f"{r['prunable_channels']}/{r['channels']} | {r['params_kept']:.1%} | {r['macs_kept']:.1%} | "
             f"{'pass' if r['oracle_pass'] else 'FAIL'} ({r['oracle_random_rel']:.1e}) | "
             f"{'yes' if r['validated'] else 'no'} |")
+    if tfm:
+        lines += render_transformers(tfm)
     lines += ["", "## Frozen groups and why", ""]
-    for r in rows:
+    for r in rows + tfm:
         if "error" in r or not r["frozen"]:
             continue
         reasons = Counter(f["reason"] for f in r["frozen"])
@@ -124,6 +167,7 @@ def main(argv=None):
     p.add_argument("--exporters", default="torchscript,dynamo")
     p.add_argument("--keep-bn", default="resnet18,densenet,mobilenetv2",
                    help="models also exported with BatchNorm nodes kept")
+    p.add_argument("--transformers", default="all", help="transformer zoo models ('all', 'none' or a list)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "coverage.md"))
     args = p.parse_args(argv)
     rows = []
@@ -138,6 +182,17 @@ def main(argv=None):
                   f"macs kept {r['macs_kept']:.2f}"), flush=True)
         if name in args.keep_bn.split(","):
             rows.append(row_for(name, "torchscript", keep_bn=True))
+    if args.transformers != "none":
+        from models.transformers_zoo import TRANSFORMER_MODELS
+
+        names = TRANSFORMER_MODELS if args.transformers == "all" else args.transformers.split(",")
+        for name in names:
+            for exporter in args.exporters.split(","):
+                rows.append(row_for(name, exporter, family="transformer"))
+                r = rows[-1]
+                print(f"{name:16s} {exporter:11s} " + (r.get("error") or
+                      f"heads {r['head_prunable']}/{r['head_units']} mlp {r['mlp_prunable']}/{r['mlp_units']} "
+                      f"oracle {r['oracle_random_rel']:.1e}"), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(rows))
