@@ -37,6 +37,7 @@ the torch / transformers / onnx / onnxscript versions and of this module's sourc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -59,7 +60,9 @@ __all__ = [
     "TORCHSCRIPT_OPSET",
     "get_transformer_entry",
     "get_transformer_model",
+    "transformer_model_path",
     "export_transformer",
+    "export_all",
     "transformer_cache_key",
     "randomize_weights",
     "TransformerWrapper",
@@ -729,6 +732,7 @@ def randomize_weights(model: nn.Module, gen: torch.Generator) -> None:
 # --------------------------------------------------------------------------- export
 
 
+@functools.lru_cache(maxsize=None)
 def transformer_cache_key() -> str:
     """Hash of torch / transformers / onnx / onnxscript versions and of this module's source."""
     parts = [f"torch={torch.__version__}"]
@@ -741,14 +745,14 @@ def transformer_cache_key() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
-def get_transformer_model(
+def transformer_model_path(
     name: str,
     exporter: str = "torchscript",
     cache_dir: str | os.PathLike | None = None,
     *,
     seed: int = 0,
 ) -> pathlib.Path:
-    """Path of the exported ONNX model, exporting it into the cache on first use.
+    """Where :func:`get_transformer_model` keeps the export (it may not exist yet).
 
     The cache is :func:`models.default_cache_dir` (``$GRAPHPRUNE_ZOO_CACHE`` or
     ``<repo>/.cache/zoo``) unless ``cache_dir`` is given; the file is
@@ -764,10 +768,80 @@ def get_transformer_model(
     else:
         root = pathlib.Path(cache_dir)
     parts = ["hf", name, exporter] + ([f"seed{seed}"] if seed else [])
-    path = root / f"{'__'.join(parts)}__{transformer_cache_key()}.onnx"
+    return root / f"{'__'.join(parts)}__{transformer_cache_key()}.onnx"
+
+
+def get_transformer_model(
+    name: str,
+    exporter: str = "torchscript",
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+) -> pathlib.Path:
+    """Path of the exported ONNX model, exporting it into the cache on first use
+    (see :func:`transformer_model_path` for where)."""
+    path = transformer_model_path(name, exporter, cache_dir, seed=seed)
     if not path.is_file():
         export_transformer(name, path, exporter=exporter, seed=seed)
     return path
+
+
+def export_all(
+    names: list[str] | None = None,
+    exporters: tuple[str, ...] = TRANSFORMER_EXPORTERS,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    jobs: int = 1,
+    seed: int = 0,
+) -> dict[tuple[str, str], pathlib.Path | str]:
+    """Export (into the cache) every ``(name, exporter)`` that is not cached yet.
+
+    ``jobs > 1`` exports the missing ones in that many spawned worker processes (one torch
+    thread each), dynamo exports first (they take 5-20 s each, TorchScript well under 2 s). Returns
+    ``{(name, exporter): path}``, with the error as a one-line string for any failure.
+    """
+    names = list(TRANSFORMER_MODELS if names is None else names)
+    pairs = [(n, e) for e in sorted(exporters, key=lambda e: e != "dynamo") for n in names]
+    for n, e in pairs:
+        get_transformer_entry(n)
+        if e not in TRANSFORMER_EXPORTERS:
+            raise ValueError(f"exporter must be one of {TRANSFORMER_EXPORTERS}, got {e!r}")
+    results: dict[tuple[str, str], pathlib.Path | str] = {}
+    todo = []
+    for n, e in pairs:
+        path = transformer_model_path(n, e, cache_dir, seed=seed)
+        if path.is_file():
+            results[(n, e)] = path
+        else:
+            todo.append((n, e))
+    if jobs <= 1 or len(todo) <= 1:
+        for n, e in todo:
+            results[(n, e)] = _export_job(n, e, cache_dir, seed)
+        return {p: results[p] for p in pairs}
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = {pool.submit(_export_job, n, e, cache_dir, seed): (n, e) for n, e in todo}
+        for fut in concurrent.futures.as_completed(futures):
+            try:
+                results[futures[fut]] = fut.result()
+            except Exception as exc:  # a worker died (e.g. out of memory)
+                results[futures[fut]] = f"{type(exc).__name__}: {exc}"
+    return {p: results[p] for p in pairs}
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _export_job(name: str, exporter: str, cache_dir, seed: int) -> pathlib.Path | str:
+    try:
+        return get_transformer_model(name, exporter, cache_dir, seed=seed)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first}"
 
 
 def export_transformer(
@@ -898,3 +972,41 @@ class _quiet:
             lg.setLevel(level)
         self._w.__exit__(*exc)
         return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.transformers_zoo [NAME ...] [--exporter E] [--jobs N] [--cache-dir D]``:
+    export (or find in the cache) and print one line per model: export seconds, node
+    count, dynamic dims, path."""
+    import argparse
+
+    import onnx
+
+    ap = argparse.ArgumentParser(prog="python -m models.transformers_zoo", description=main.__doc__)
+    ap.add_argument("names", nargs="*", help=f"models (default: all): {', '.join(TRANSFORMER_MODELS)}")
+    ap.add_argument("--exporter", choices=TRANSFORMER_EXPORTERS, action="append")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--cache-dir")
+    args = ap.parse_args(argv)
+    exporters = tuple(args.exporter or TRANSFORMER_EXPORTERS)
+    results = export_all(args.names or None, exporters, args.cache_dir, jobs=args.jobs)
+    failed = 0
+    for (name, exporter), res in sorted(results.items(), key=lambda kv: TRANSFORMER_MODELS.index(kv[0][0])):
+        if isinstance(res, str):
+            failed += 1
+            print(f"{name:16s} {exporter:11s} FAILED {res}")
+            continue
+        model = onnx.load(os.fspath(res), load_external_data=False)
+        meta = {p.key: p.value for p in model.metadata_props}
+        print(
+            f"{name:16s} {exporter:11s} {meta.get('graphprune.zoo.export_seconds', '?'):>6s}s "
+            f"{len(model.graph.node):5d} nodes  dynamic={meta.get('graphprune.zoo.dynamic') or '-':16s} {res}"
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    # run the package module (not this __main__ copy), so spawned workers unpickle its functions
+    import importlib
+
+    raise SystemExit(importlib.import_module("models.transformers_zoo").main())
