@@ -80,7 +80,9 @@ class GraphView:
         self.output_names = [o.name for o in self.graph.output]
         self.subgraph_captures = self._subgraph_captures()
         self._const_cache: dict[str, np.ndarray | None] = {}
-        self.input_shapes = concrete_input_shapes(model, input_shapes or {})
+        from .inputs import probe_input_shapes
+
+        self.input_shapes = probe_input_shapes(model, input_shapes or {})
         self._infer_shapes(self.input_shapes)
 
     # ---- shapes -------------------------------------------------------------------------------------
@@ -321,7 +323,7 @@ DYNAMIC_BATCH = 1
 DYNAMIC_OTHER = 7  # prime, so it does not factor into channel counts by accident
 
 
-def concrete_input_shapes(model: onnx.ModelProto, given: dict) -> dict[str, list[int]]:
+def concrete_input_shapes(model: onnx.ModelProto, given: dict, other: int = 0) -> dict[str, list[int]]:
     """Concrete dims for every graph input: `given` first, then the model's static dims; a dynamic
     dim becomes 1 on axis 0 (batch) and 7 elsewhere, the same value for the same symbolic name.
     Analysis runs on these, so every channel axis has a static size; the output keeps its dynamic dims."""
@@ -349,7 +351,7 @@ def concrete_input_shapes(model: onnx.ModelProto, given: dict) -> dict[str, list
             elif d.dim_param and d.dim_param in by_name:
                 dims.append(by_name[d.dim_param])
             else:
-                v = DYNAMIC_BATCH if ax == 0 else DYNAMIC_OTHER
+                v = DYNAMIC_BATCH if ax == 0 else (other or DYNAMIC_OTHER)
                 if d.dim_param:
                     by_name[d.dim_param] = v
                 dims.append(v)

@@ -21,23 +21,26 @@ def session(model: onnx.ModelProto, threads: int = 0):
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
-def synthetic_inputs(model: onnx.ModelProto, input_shapes: dict | None = None, seed: int = 0,
-                     dynamic_dim: int = DEFAULT_DYNAMIC_DIM) -> dict[str, np.ndarray]:
-    """Random feeds for every graph input; unknown dims take `input_shapes` or `dynamic_dim`."""
-    from .graph import concrete_input_shapes
+def synthetic_inputs(model: onnx.ModelProto, input_shapes: dict | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random feeds for every graph input at concrete shapes (`input_shapes` first, then probed sizes)."""
+    from .inputs import probe_input_shapes
 
+    return random_feeds(model, probe_input_shapes(model, input_shapes or {}), seed)
+
+
+def random_feeds(model: onnx.ModelProto, shapes: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random feeds at the given concrete shapes (normal floats, 0/1 integers, True booleans)."""
     rng = np.random.default_rng(seed)
-    input_shapes = concrete_input_shapes(model, input_shapes or {})
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
     for vi in model.graph.input:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        if input_shapes and vi.name in input_shapes:
-            shape = list(input_shapes[vi.name])
+        if vi.name in shapes:
+            shape = list(shapes[vi.name])
         else:
-            shape = [d.dim_value if d.HasField("dim_value") else dynamic_dim for d in tt.shape.dim]
+            shape = [d.dim_value if d.HasField("dim_value") else DEFAULT_DYNAMIC_DIM for d in tt.shape.dim]
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if np.issubdtype(np_dtype, np.floating) or str(np_dtype) == "bfloat16":
             feeds[vi.name] = rng.standard_normal(shape).astype(np_dtype)

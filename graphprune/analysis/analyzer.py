@@ -307,7 +307,8 @@ class _Analyzer:
                     continue
                 op = self.view.nodes[role.node].op_type
                 if op in ("Conv", "ConvTranspose"):
-                    conv = True
+                    # A depthwise conv inside an MLP (SegFormer's Mix-FFN) only produces: it stays an MLP.
+                    conv = conv or role.kind == "consumer" or not linear
                 else:
                     linear = True
                 if role.kind == "producer" and sp.size > n_units:
