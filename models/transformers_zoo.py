@@ -33,6 +33,11 @@ with fewer dynamic dimensions says why in :attr:`Entry.static_reason`. Files are
 The cache (:func:`get_transformer_model`) shares the CNN zoo's directory
 (:func:`models.default_cache_dir`); file names carry the model, the exporter and a hash of
 the torch / transformers / onnx / onnxscript versions and of this module's source.
+:func:`export_all` fills it, optionally in parallel worker processes; from the shell:
+``python -m models.transformers_zoo [NAME ...] [--exporter E] [--jobs N]``.
+
+Attention: every model with an ``attn_implementation`` switch uses ``"eager"`` (see
+``_EAGER`` for what ``"sdpa"`` exports to instead; both work under both exporters).
 """
 
 from __future__ import annotations
@@ -361,6 +366,17 @@ def _mp(**kw: Any) -> Mapping[str, Any]:
     return MappingProxyType(kw)
 
 
+# Checked for every attention model with torch 2.13 / transformers 5.23: "sdpa" exports too,
+# under both exporters, and matches ORT; neither exporter emits a fused attention op at these
+# opsets (17 / 20), so sdpa is decomposed, with extras that eager does not have.
+_EAGER = (
+    "eager (plain MatMul -> Mul(1/sqrt(d)) -> Add(mask) -> Softmax -> MatMul, K^T one Transpose); "
+    "sdpa also exports under both exporters but adds IsNaN -> Where(0) after every Softmax, "
+    "scales Q and K by sqrt(1/sqrt(d)) each, and under dynamo transposes K through a "
+    "Shape-driven Reshape(3-D) -> Transpose -> Reshape"
+)
+
+
 _TEXT_DYN = _mp(torchscript=(BATCH, SEQ), dynamo=(BATCH, SEQ))
 _BATCH_DYN = _mp(torchscript=(BATCH,), dynamo=(BATCH,))
 
@@ -378,6 +394,7 @@ _ENTRIES: list[Entry] = [
         _seqcls_pooled("bert"),
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -394,6 +411,7 @@ _ENTRIES: list[Entry] = [
         _distilbert,
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -411,6 +429,7 @@ _ENTRIES: list[Entry] = [
         _roberta,
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -428,6 +447,7 @@ _ENTRIES: list[Entry] = [
         _seqcls_pooled("albert"),
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -446,6 +466,7 @@ _ENTRIES: list[Entry] = [
         _encoder_only,
         ("last_hidden_state",),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -464,6 +485,7 @@ _ENTRIES: list[Entry] = [
         _causal_lm("transformer"),
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -481,6 +503,7 @@ _ENTRIES: list[Entry] = [
         _causal_lm("model"),
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -498,6 +521,7 @@ _ENTRIES: list[Entry] = [
         _causal_lm("model"),
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -516,6 +540,7 @@ _ENTRIES: list[Entry] = [
         _causal_lm("model"),
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         max_length=64,
         check_length=11,
         dynamic=_TEXT_DYN,
@@ -533,6 +558,7 @@ _ENTRIES: list[Entry] = [
         _vit,
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         length=32,
         dynamic=_BATCH_DYN,
     ),
@@ -548,6 +574,7 @@ _ENTRIES: list[Entry] = [
         _deit_teacher,
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         length=32,
         dynamic=_BATCH_DYN,
     ),
@@ -564,6 +591,7 @@ _ENTRIES: list[Entry] = [
         _pooled_image("swin"),
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         length=32,
         dynamic=_BATCH_DYN,
     ),
@@ -580,6 +608,7 @@ _ENTRIES: list[Entry] = [
         _pooled_image("convnext"),
         ("last_hidden_state", "logits"),
         None,
+        "no attention",
         length=32,
         dynamic=_BATCH_DYN,
     ),
@@ -597,6 +626,7 @@ _ENTRIES: list[Entry] = [
         _pooled_image("mobilevit", dropout=True),
         ("last_hidden_state", "logits"),
         None,
+        "MobileViT's attention has no attn_implementation switch: always its own eager MatMul/Softmax",
         length=64,
         dynamic=_BATCH_DYN,
     ),
@@ -615,6 +645,7 @@ _ENTRIES: list[Entry] = [
         _segformer,
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         length=64,
         dynamic=_BATCH_DYN,
     ),
@@ -622,7 +653,8 @@ _ENTRIES: list[Entry] = [
     Entry(
         "whisper_encoder",
         "Whisper encoder: 2 x Conv1d + GELU (stride 2) on 80 mel bins x 32 frames, sinusoidal "
-        "positions (16), pre-LN encoder, final LayerNorm; d_model 64, 2 layers, 4 heads, FFN 128",
+        "positions (16), pre-LN encoder, final LayerNorm; d_model 64, 2 layers, 4 heads, FFN 128; the "
+        "frame count is fixed (the HF encoder rejects inputs other than 2 x max_source_positions)",
         "audio",
         "WhisperConfig",
         _mp(vocab_size=128, num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4,
@@ -633,6 +665,7 @@ _ENTRIES: list[Entry] = [
         _whisper_encoder,
         ("last_hidden_state",),
         "eager",
+        _EAGER,
         length=32,
         channels=80,
         dynamic=_BATCH_DYN,
@@ -652,6 +685,7 @@ _ENTRIES: list[Entry] = [
         _wav2vec2_ctc,
         ("last_hidden_state", "logits"),
         "eager",
+        _EAGER,
         length=400,
         check_length=320,
         max_length=4000,
@@ -692,7 +726,7 @@ def randomize_weights(model: nn.Module, gen: torch.Generator) -> None:
     * any other parameter still holding one repeated value (zero-initialised tokens and
       bias tables, ConvNeXt's ``1e-6`` layer scale): ``N(0, 0.05^2)``, or ``0.5 + N(0, 0.1^2)``
       for scale parameters (so residual branches are not switched off)
-    * finally, any parameter equal to an earlier *distinct* parameter gets ``N(0, 1e-4)`` noise.
+    * finally, any parameter equal to an earlier *distinct* parameter gets ``N(0, 0.01^2)`` noise.
 
     Shared parameters (the same tensor reached twice, e.g. tied embeddings) stay shared.
     """
@@ -707,8 +741,8 @@ def randomize_weights(model: nn.Module, gen: torch.Generator) -> None:
     for name, p in model.named_parameters():  # shared parameters appear once
         leaf = name.rsplit(".", 1)[-1]
         mod = owner[id(p)]
-        if _is_norm(mod) and leaf in ("weight", "bias"):
-            draw(p, 0.1, 1.0) if leaf == "weight" else draw(p, 0.05)
+        if _is_norm(mod) and leaf == "weight":
+            draw(p, 0.1, 1.0)
         elif leaf == "bias" or leaf.endswith("_bias"):
             draw(p, 0.05)
         elif p.numel() > 1 and bool((p == p.reshape(-1)[0]).all()):
@@ -960,6 +994,10 @@ class _quiet:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        # TorchScript, HF padding masks index with aranges (never negative): harmless here
+        warnings.filterwarnings("ignore", message=".*aten::index operator of advanced indexing.*")
+        # dynamo: inputs share one Dim per axis on purpose; the exporter says it keeps one name
+        warnings.filterwarnings("ignore", message=".*The axis name: .* will not be used.*")
         self._loggers = []
         for name in ("torch.onnx._internal.exporter._registration", "torch.onnx"):
             lg = logging.getLogger(name)

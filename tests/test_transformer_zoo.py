@@ -21,6 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
+import onnx.numpy_helper  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -248,6 +249,23 @@ def test_export_checker_and_ort_match(name, exporter, prewarmed_cache):
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["graphprune.zoo.name"] == name and meta["graphprune.zoo.exporter"] == exporter
 
+    # no two float initializers hold the same values (the exporters deduplicate identical
+    # initializers, which would tie unrelated layers). Exception: dynamo's ALBERT, where the
+    # optimizer constant-folds the transpose of each shared Linear weight once per use.
+    blobs: dict[bytes, str] = {}
+    dups = []
+    for init in model.graph.initializer:
+        arr = onnx.numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and arr.size > 1:
+            key = arr.dtype.str.encode() + str(arr.shape).encode() + arr.tobytes()
+            if key in blobs:
+                dups.append((init.name, blobs[key]))
+            blobs[key] = init.name
+    if (name, exporter) == ("albert", "dynamo"):
+        assert len(dups) == 6, dups  # q, k, v, dense, ffn, ffn_output of the shared layer
+    else:
+        assert not dups, dups
+
     # dynamic dimensions are symbolic, the others fixed
     dyn = entry.dynamic[exporter]
     for vi in model.graph.input:
@@ -281,6 +299,10 @@ def test_get_transformer_model_caches(tmp_path):
     assert p3 != p1 and "seed1" in p3.name
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p1.name, p3.name])
     assert p1.name == f"hf__convnext__torchscript__{transformer_cache_key()}.onnx"
+    from models.transformers_zoo import main
+
+    assert main(["convnext", "--exporter", "torchscript", "--cache-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p1.name, p3.name])  # cached
     with pytest.raises(KeyError, match="unknown transformer zoo model"):
         get_transformer_model("nope")
     with pytest.raises(ValueError, match="exporter"):
