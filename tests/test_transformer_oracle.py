@@ -1,0 +1,79 @@
+"""Transformers: whole attention heads and MLP neurons pruned on every zoo model, both exporters, checked
+by the oracle (removing heads/neurons == zeroing their slices of the output/down projection)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import graphprune
+from graphprune import runtime
+from graphprune.analysis import AnalysisOptions
+from graphprune.normalize import unshare_uniform_constants
+from models.transformers_zoo import TRANSFORMER_MODELS, get_transformer_model
+from tests.oracle import assert_oracle
+
+NO_ATTENTION = {"convnext"}  # ConvNeXt has no attention heads, only MLPs
+EXPORTERS = ("torchscript", "dynamo")
+
+
+def _load(name, exporter):
+    model = onnx.load(str(get_transformer_model(name, exporter=exporter)))
+    return unshare_uniform_constants(model)[0]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_heads_and_mlp_oracle(name, exporter):
+    model = _load(name, exporter)
+    a, pruned, removed = assert_oracle(model, seed=0, fraction=0.5)
+    kinds = {g.kind for g in a.prunable}
+    assert "mlp" in kinds, f"no prunable MLP group: {[(g.key, g.kind, g.reasons[:1]) for g in a.frozen]}"
+    if name not in NO_ATTENTION:
+        assert "head" in kinds, f"no prunable head group: {[(g.key, g.kind, g.reasons[:1]) for g in a.frozen]}"
+    feeds = runtime.synthetic_inputs(model)
+    before, after = runtime.run(model, feeds), runtime.run(pruned, feeds)
+    assert any(not np.allclose(b, c) for b, c in zip(before, after)), "the cut changed nothing"
+
+
+@pytest.mark.parametrize("name", ["bert", "llama", "gpt2", "vit"])
+def test_prune_validates_with_separate_ratios(name):
+    model = onnx.load(str(get_transformer_model(name)))
+    res = graphprune.prune(model, head_ratio=0.5, mlp_ratio=0.25)
+    assert res.report.validation["runtime"] and res.report.validation["oracle_max_abs_diff"] is not None
+    for g in res.analysis.prunable:
+        cut = res.plan.cuts.get(g.key)
+        want = {"head": 0.5, "mlp": 0.25}.get(g.kind)
+        if want is not None and g.size >= 4:
+            assert cut is not None and len(cut.removed) == int(g.size * want)
+    assert res.report.after.macs < res.report.before.macs
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_head_dim_pruning_keeps_rotary_pairs(name):
+    model = _load(name, "dynamo")
+    a, _, _ = assert_oracle(model, options=AnalysisOptions(prune_head_dim=True))
+    heads = [g for g in a.prunable if g.kind == "head"]
+    assert heads
+    if name == "llama":
+        # rotate_half pairs dim i with dim i + D/2: query/key head-dims come in tied pairs
+        assert any(g.size * 2 == max(h.size for h in heads) for g in heads)
+
+
+def test_gqa_kv_head_goes_with_its_query_heads():
+    model = _load("llama", "torchscript")
+    a = graphprune.analyze(model)
+    heads = [g for g in a.prunable if g.kind == "head"]
+    # 4 query heads share 2 KV heads: a unit is one KV head with its 2 query heads.
+    assert heads and all(g.size == 2 for g in heads)
+
+
+def test_prune_hidden_is_opt_in():
+    model = _load("bert", "torchscript")
+    default = graphprune.analyze(model)
+    assert any(g.kind == "hidden" and g.frozen and "--prune-hidden" in g.reasons[0] for g in default.frozen)
+    res = graphprune.prune(model, ratio=0.25, prune_hidden=True)
+    hidden = [g for g in res.analysis.prunable if g.kind == "hidden"]
+    assert hidden and any(res.plan.cuts.get(g.key) for g in hidden)
+    assert res.report.validation["runtime"] and res.report.validation["oracle_max_abs_diff"] is None
