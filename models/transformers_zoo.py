@@ -371,7 +371,8 @@ def _mp(**kw: Any) -> Mapping[str, Any]:
 # opsets (17 / 20), so sdpa is decomposed, with extras that eager does not have.
 _EAGER = (
     "eager (plain MatMul -> Mul(1/sqrt(d)) -> Add(mask) -> Softmax -> MatMul, K^T one Transpose); "
-    "sdpa also exports under both exporters but adds IsNaN -> Where(0) after every Softmax, "
+    "sdpa also exports under both exporters but adds IsNaN -> Where(0) after every Softmax "
+    "(TorchScript: only when there is a mask, with a -inf Where mask per layer), "
     "scales Q and K by sqrt(1/sqrt(d)) each, and under dynamo transposes K through a "
     "Shape-driven Reshape(3-D) -> Transpose -> Reshape"
 )
@@ -941,11 +942,18 @@ def export_transformer(
         if check:
             onnx.checker.check_model(model, full_check=True)
         onnx.save(model, os.fspath(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _export_torchscript(module, inputs, path, entry: Entry, dyn: tuple[str, ...]) -> None:

@@ -299,6 +299,9 @@ def test_get_transformer_model_caches(tmp_path):
     assert p3 != p1 and "seed1" in p3.name
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p1.name, p3.name])
     assert p1.name == f"hf__convnext__torchscript__{transformer_cache_key()}.onnx"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p1.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     from models.transformers_zoo import main
 
     assert main(["convnext", "--exporter", "torchscript", "--cache-dir", str(tmp_path)]) == 0
@@ -307,3 +310,21 @@ def test_get_transformer_model_caches(tmp_path):
         get_transformer_model("nope")
     with pytest.raises(ValueError, match="exporter"):
         get_transformer_model("convnext", "tflite")
+
+
+def test_sdpa_alternative_exports(tmp_path):
+    """The entries use eager attention; sdpa exports too (decomposed, with an IsNaN -> Where
+    guard after each masked Softmax that eager does not have) and matches PyTorch."""
+    from models.transformers_zoo import export_transformer
+
+    entry = TRANSFORMER_ZOO["bert"]
+    path = export_transformer("bert", tmp_path / "bert_sdpa.onnx", "torchscript", attn_implementation="sdpa")
+    ops = [n.op_type for n in onnx.load(os.fspath(path)).graph.node]
+    eager_ops = {n.op_type for n in onnx.load(os.fspath(get_transformer_model("bert"))).graph.node}
+    assert ops.count("IsNaN") == entry.config["num_hidden_layers"] and "IsNaN" not in eager_ops
+    module, _ = entry.build(attn_implementation="sdpa")
+    inputs = entry.make_inputs(3, 11)
+    with torch.no_grad():
+        expected = [t.numpy() for t in module(*inputs)]
+    for g, e in zip(_run_ort(path, [t.numpy() for t in inputs]), expected):
+        np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
