@@ -563,9 +563,11 @@ def rewrite_gather(rctx):
     idx = np.array(rctx.const(node.input[1]))
     d = rctx.old_shape(x)[axis]
     idx = np.where(idx < 0, idx + d, idx)
-    kept_out = rctx.kept(node.output[0], axis) if idx.ndim == 1 else None
-    if kept_out is not None:  # selected channels that were cut leave the index list too
-        idx = idx[kept_out]
+    big = [k for k, n in enumerate(idx.shape) if n > 1]
+    if len(big) == 1:  # one axis of indices selects channels (others are size 1)
+        kept_out = rctx.kept(node.output[0], axis + big[0])
+        if kept_out is not None:  # selected channels that were cut leave the index list too
+            idx = np.take(idx, kept_out, axis=big[0])
     rctx.set_input_const(1, np.searchsorted(kept, idx).astype(idx.dtype))
 
 
@@ -602,8 +604,10 @@ def gather(ctx):
     ctx.free(x, axis)
     if ri == 0:
         ctx.fix_elements(x, axis, flat, f"Gather '{ctx.name}' reads a single channel")
-    elif ri == 1 and len(np.unique(flat)) == len(flat) and np.all(np.diff(flat) > 0):
-        ctx.tie(y, axis, x, axis, None, flat)
+    elif sum(n > 1 for n in si) == 1 and np.all(np.diff(flat) > 0):
+        # indices of shape [1, n, 1] etc.: one output axis carries the selected channels, in order
+        k = next(k for k, n in enumerate(si) if n > 1)
+        ctx.tie(y, axis + k, x, axis, None, flat)
     else:
         ctx.fix(x, axis, f"Gather '{ctx.name}' repeats or reorders channels")
         for ax in range(ri):
