@@ -122,8 +122,12 @@ class GraphView:
         in ONNX Runtime on synthetic inputs at the concrete input shapes and read them off."""
         missing = [o for n in self.nodes for o in n.output
                    if o and (self._shapes.get(o) is None or None in self._shapes[o])]
-        if not missing or self.model.ByteSize() > (1 << 31) - (1 << 26):
+        if not missing:
             return
+        from .io import has_lazy, model_nbytes
+
+        if has_lazy(self.model) or model_nbytes(self.model) > (1 << 31) - (1 << 26):
+            return  # a billion-parameter run to learn a few shapes: not worth its time and memory
         try:
             from .runtime import session, synthetic_inputs
 
@@ -248,6 +252,8 @@ class GraphView:
         return p is not None and self.nodes[p].op_type == "Constant"
 
     def is_constant(self, name: str) -> bool:
+        if name in self.initializers:  # without reading (or copying) the weight
+            return name not in self.input_names
         return self.const_value(name) is not None
 
     def const_value(self, name: str) -> np.ndarray | None:
@@ -256,14 +262,21 @@ class GraphView:
             return self._const_cache[name]
         self._const_cache[name] = None  # guards against cycles
         value = self._compute_const(name)
-        self._const_cache[name] = value
+        if isinstance(value, np.memmap) and name in self.initializers:
+            # A lazy weight: mapping it again is cheap, and not keeping the map lets the pages a reader
+            # touched leave resident memory when it is done (a billion-parameter model is read once).
+            del self._const_cache[name]
+        else:
+            self._const_cache[name] = value
         return value
 
     def _compute_const(self, name: str) -> np.ndarray | None:
         if name in self.initializers:
             if name in self.input_names:
                 return None
-            return numpy_helper.to_array(self.initializers[name])
+            from .io import tensor_array
+
+            return tensor_array(self.initializers[name])  # lazy (external) weights: a read-only memory map
         p = self.producer.get(name)
         if p is None:
             return None

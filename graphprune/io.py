@@ -30,12 +30,234 @@ def load_model(source) -> onnx.ModelProto:
     except Exception as exc:  # noqa: BLE001 - protobuf raises many types
         raise ModelError(f"{path}: not a readable ONNX model ({_short(exc)})") from None
     _check_external(model, path)
+    if _lazy_candidate(model):
+        _make_lazy(model, path)
+        _check_basic(model, str(path))
+        return model
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: external data cannot be read ({_short(exc)})") from None
     _check_basic(model, str(path))
     return model
+
+
+# ---- lazy external data ---------------------------------------------------------------------------------
+# A model whose external data is at least LAZY_EXTERNAL_BYTES is not read into memory: its initializers stay
+# EXTERNAL with the data file's absolute path as location (that is what marks them lazy), and are read as
+# read-only memory maps when needed (`tensor_array`). Slices the rewrite makes of lazy tensors go to a spill
+# file (`spill`), so a pruned billion-parameter model is never in memory either. ONNX Runtime gets lazy
+# tensors as external initializers (runtime.session), the checker and shape inference a copy in which they
+# are typed graph inputs (`light_copy`), and `save_model` streams them into the output's data file.
+LAZY_EXTERNAL_BYTES = 256 * 1024**2
+
+
+def _external_info(t: onnx.TensorProto) -> dict:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _lazy_candidate(model: onnx.ModelProto) -> bool:
+    ext = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not ext:
+        return False
+    total = sum(int(_external_info(t).get("length", 0) or tensor_nbytes(t)) for t in ext)
+    # Tensors in attributes (Constant nodes, subgraphs) are rare in external data; keep those models eager.
+    attr_ext = any(a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL
+                   for n in model.graph.node for a in n.attribute)
+    return total >= LAZY_EXTERNAL_BYTES and not attr_ext
+
+
+def _make_lazy(model: onnx.ModelProto, path: Path) -> None:
+    base = path.parent.resolve()
+    sizes: dict[Path, int] = {}
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = _external_info(t)
+        target = (base / info["location"]).resolve()
+        if target not in sizes:
+            sizes[target] = target.stat().st_size
+        offset = int(info.get("offset", 0) or 0)
+        need = tensor_nbytes(t)
+        length = int(info.get("length", need) or need)
+        if length != need or offset + length > sizes[target]:
+            raise ModelError(f"{path}: external data cannot be read (tensor '{t.name}' needs bytes "
+                             f"{offset}..{offset + need} of '{info['location']}', which has {sizes[target]})")
+        _set_external(t, str(target), offset, length)
+
+
+def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    del t.external_data[:]
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+
+
+def is_lazy(t: onnx.TensorProto) -> bool:
+    """An initializer left on disk by `load_model` (or spilled by the rewrite): EXTERNAL, absolute location."""
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return False
+    loc = next((e.value for e in t.external_data if e.key == "location"), "")
+    return os.path.isabs(loc)
+
+
+def has_lazy(model: onnx.ModelProto) -> bool:
+    return any(is_lazy(t) for t in model.graph.initializer)
+
+
+_SUB_BYTE = {getattr(onnx.TensorProto, k): b for k, b in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4),
+                                                           ("INT2", 2), ("UINT2", 2)) if hasattr(onnx.TensorProto, k)}
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data from its dims and type (no data is read or serialized)."""
+    n = 1
+    for d in t.dims:
+        n *= d
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return len(t.raw_data) if t.HasField("raw_data") else sum(len(s) for s in t.string_data)
+    bits = _SUB_BYTE.get(t.data_type)
+    if bits is None:
+        bits = 8 * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return (n * bits + 7) // 8
+
+
+def model_nbytes(model: onnx.ModelProto) -> int:
+    """Size of a model with its weights (initializers by dims and type, nodes by their serialized size),
+    without serializing the weights: `ModelProto.ByteSize()` copies every byte of a large model."""
+    return sum(tensor_nbytes(t) for t in model.graph.initializer) + sum(n.ByteSize() for n in model.graph.node)
+
+
+def tensor_array(t: onnx.TensorProto):
+    """The value of an initializer; lazy ones come back as read-only memory maps (nothing is read yet)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    if not is_lazy(t):
+        return numpy_helper.to_array(t)
+    info = _external_info(t)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+    shape = tuple(t.dims)
+    if tensor_nbytes(t) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0) or 0), shape=shape)
+
+
+def light_copy(model: onnx.ModelProto, min_bytes: int | None = None) -> onnx.ModelProto:
+    """A copy in which lazy initializers (and, with `min_bytes`, in-memory ones with at least that many bytes
+    of raw data) are typed graph inputs: for the checker and shape inference, which would otherwise look
+    for lazy data relative to the working directory, and serialize every weight to check its dims.
+    Returns the model itself when there is nothing to take out."""
+    def light(t):
+        return is_lazy(t) or (min_bytes is not None and t.data_location != onnx.TensorProto.EXTERNAL
+                              and t.HasField("raw_data") and tensor_nbytes(t) >= min_bytes)
+
+    out_names = [t.name for t in model.graph.initializer if light(t)]
+    if not out_names:
+        return model
+    out = _copy_without_initializers(model)
+    inputs = {i.name for i in out.graph.input}
+    for t in model.graph.initializer:
+        if not light(t):
+            out.graph.initializer.append(t)
+        elif t.name not in inputs:
+            out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
+
+
+def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of everything but graph.initializer (field by field: CopyFrom would copy every weight)."""
+    out = onnx.ModelProto()
+    for msg, dst in ((model, out), (model.graph, out.graph)):
+        for f, value in msg.ListFields():
+            if msg is model and f.name == "graph" or msg is model.graph and f.name == "initializer":
+                continue
+            if getattr(f, "is_repeated", None) or getattr(f, "label", None) == f.LABEL_REPEATED:
+                getattr(dst, f.name).extend(value)
+            elif f.type == f.TYPE_MESSAGE:
+                getattr(dst, f.name).CopyFrom(value)
+            else:
+                setattr(dst, f.name, value)
+    return out
+
+
+_CHECK_INLINE_BYTES = 1 << 20  # weights this big are checked for size here, not serialized for the checker
+
+
+def _check_raw_sizes(model: onnx.ModelProto, where: str) -> None:
+    """What onnx.checker checks on a tensor's data, for the weights `light_copy` takes out of its sight."""
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data"):
+            continue
+        need = tensor_nbytes(t)
+        if need >= _CHECK_INLINE_BYTES and len(t.raw_data) < need:
+            raise ModelError(f"{where}: invalid ONNX model (TensorProto (tensor name: {t.name}) raw_data size "
+                             f"({len(t.raw_data)} bytes) is too small for the declared shape and type "
+                             f"({need} bytes required).)")
+
+
+_SPILL_DIR: list[str] = []  # this process's folder of spill files (removed at exit)
+
+
+class SpillFile:
+    """A temporary data file for the tensors a rewrite makes of lazy ones (slices, and copies of the lazy
+    tensors it leaves alone, so that every weight of the pruned model lives in one folder that ONNX Runtime
+    can memory-map). Files live in one folder per process, removed at exit."""
+
+    def __init__(self):
+        import atexit
+
+        if not _SPILL_DIR:
+            _SPILL_DIR.append(tempfile.mkdtemp(prefix="graphprune-spill-"))
+            atexit.register(_drop_spill)
+        fd, self.path = tempfile.mkstemp(prefix="spill-", suffix=".data", dir=_SPILL_DIR[0])
+        self._f = os.fdopen(fd, "w+b")
+        self._offset = 0
+
+    def _start(self) -> int:
+        self._offset += (-self._offset) % 4096  # page-aligned: ONNX Runtime maps aligned external data
+        self._f.seek(self._offset)
+        return self._offset
+
+    def add(self, value, name: str, data_type: int) -> onnx.TensorProto:
+        """A lazy tensor holding `value`."""
+        import numpy as np
+
+        value = np.ascontiguousarray(value)
+        t = onnx.TensorProto()
+        t.name = name
+        t.data_type = data_type
+        t.dims.extend(value.shape)
+        start = self._start()
+        self._f.write(memoryview(value.reshape(-1).view(np.uint8)))
+        self._f.flush()
+        _set_external(t, self.path, start, value.nbytes)
+        self._offset = start + value.nbytes
+        return t
+
+    def add_copy(self, t: onnx.TensorProto) -> None:
+        """Move a lazy tensor's bytes into this file (a kernel-side copy) and point `t` at them."""
+        info = _external_info(t)
+        n = tensor_nbytes(t)
+        start = self._start()
+        _copy_range(info["location"], int(info.get("offset", 0) or 0), n, self._f)
+        self._f.flush()
+        _set_external(t, self.path, start, n)
+        self._offset = start + n
+
+    def contains(self, t: onnx.TensorProto) -> bool:
+        return is_lazy(t) and _external_info(t).get("location") == self.path
+
+
+def _drop_spill() -> None:
+    import shutil
+
+    for folder in _SPILL_DIR:
+        shutil.rmtree(folder, ignore_errors=True)
+    _SPILL_DIR.clear()
+
 
 
 def _check_external(model: onnx.ModelProto, path: Path) -> None:
@@ -58,8 +280,11 @@ def _check_basic(model: onnx.ModelProto, where: str) -> None:
         raise ModelError(f"{where}: the model has an empty graph")
     if len(model.graph.node) == 0:
         raise ModelError(f"{where}: the graph has no nodes")
+    checked = light_copy(model, min_bytes=_CHECK_INLINE_BYTES)
+    if checked is not model:
+        _check_raw_sizes(model, where)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(checked)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{where}: invalid ONNX model ({_short(exc)})") from None
 
@@ -72,7 +297,8 @@ def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.exists():
         raise UsageError(f"{folder}: output folder does not exist")
-    large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _can_size(model) else True
+    lazy = has_lazy(model)  # loaded with (large) external data: written back with external data
+    large = lazy or model_nbytes(model) > EXTERNAL_DATA_THRESHOLD
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
@@ -83,9 +309,7 @@ def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None)
     tmp_data = folder / f".{data_name}.tmp"
     try:
         if large:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            _retarget_external(tmp, tmp_data.name, data_name)
+            _save_external(model, tmp, tmp_data, data_name)
             os.replace(tmp_data, folder / data_name)
         else:
             onnx.save_model(model, tmp)
@@ -99,13 +323,60 @@ def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None)
         raise
 
 
-def _retarget_external(model_path: str, old: str, new: str) -> None:
-    m = onnx.load(model_path, load_external_data=False)
-    for t in m.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location" and e.value == old:
-                e.value = new
-    onnx.save_model(m, model_path)
+def _save_external(model: onnx.ModelProto, tmp: str, tmp_data: Path, data_name: str) -> None:
+    """Every initializer of 1 KiB or more into one data file, streamed: lazy tensors are copied file to
+    file (never through memory), in-memory ones written from their raw bytes. The model is not modified."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # cheap when the weights are lazy; in-memory weights are copied once
+    offset = 0
+    with open(tmp_data, "wb") as f:
+        for t in out.graph.initializer:
+            n = tensor_nbytes(t)
+            if n < 1024 and not is_lazy(t):
+                continue
+            pad = (-offset) % (4096 if n >= 1 << 20 else 64)  # page-aligned big tensors can be memory-mapped
+            if pad:
+                f.write(b"\0" * pad)
+                offset += pad
+            if is_lazy(t):
+                info = _external_info(t)
+                _copy_range(info["location"], int(info.get("offset", 0) or 0), n, f)
+            else:
+                if t.HasField("raw_data"):
+                    f.write(t.raw_data)
+                else:
+                    f.write(np.ascontiguousarray(numpy_helper.to_array(t)).tobytes())
+            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+                t.ClearField(field)
+            _set_external(t, data_name, offset, n)
+            offset += n
+    with open(tmp, "wb") as f:
+        f.write(out.SerializeToString())
+
+
+def _copy_range(src: str, offset: int, length: int, dst) -> None:
+    dst.flush()
+    with open(src, "rb") as s:
+        done = 0
+        try:
+            while done < length:
+                k = os.copy_file_range(s.fileno(), dst.fileno(), length - done, offset + done)
+                if k <= 0:
+                    raise OSError("copy_file_range made no progress")
+                done += k
+        except (AttributeError, OSError):
+            s.seek(offset + done)
+            dst.seek(0, os.SEEK_END)
+            while done < length:
+                chunk = s.read(min(64 << 20, length - done))
+                if not chunk:
+                    raise OSError(f"{src}: external data ends early")
+                dst.write(chunk)
+                done += len(chunk)
+    dst.seek(0, os.SEEK_END)
 
 
 def _chmod_default(path) -> None:
@@ -115,14 +386,6 @@ def _chmod_default(path) -> None:
         os.chmod(path, 0o666 & ~umask)
     except OSError:
         pass
-
-
-def _can_size(model) -> bool:
-    try:
-        model.ByteSize()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _short(exc) -> str:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .graph import GraphView
+from .io import model_nbytes
 
 
 @dataclass
@@ -70,7 +71,7 @@ def stats(model, view: GraphView | None = None) -> ModelStats:
                 params += v.size
     macs = sum(node_macs(view, i) for i in range(len(view.nodes)))
     ops = Counter(n.op_type for n in model.graph.node)
-    size = model.ByteSize()
+    size = model_nbytes(model)  # ByteSize() serializes every weight, and misses lazy (external) ones
     return ModelStats(params, macs, size, len(model.graph.node), dict(sorted(ops.items())))
 
 

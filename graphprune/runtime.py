@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 
@@ -9,16 +11,68 @@ DEFAULT_DYNAMIC_DIM = 1
 
 
 def session(model: onnx.ModelProto, threads: int = 0):
+    """An ONNX Runtime CPU session on an in-memory model (of any size). Lazy (memory-mapped) weights are
+    mapped by ORT itself from their folder, with weight prepacking off so that it keeps no second copy."""
     import onnxruntime as ort
+
+    from onnx import numpy_helper
+
+    from .io import _copy_without_initializers, is_lazy, tensor_array, tensor_nbytes
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    data = model.SerializeToString() if model.ByteSize() < 2**31 - 1 else None
-    if data is None:
-        raise ValueError("model over 2 GB must be run from a file")
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    lazy = [t for t in model.graph.initializer if is_lazy(t)]
+    folders = {os.path.dirname(_location(t)) for t in lazy}
+    mapped = len(folders) == 1
+    if lazy:
+        so.add_session_config_entry("session.disable_prepacking", "1")  # prepacking copies every weight
+    if mapped:
+        # One folder: ORT memory-maps the (page-aligned) data files itself, nothing is copied.
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", next(iter(folders)))
+    # In-memory weights (and lazy ones from several folders) are handed over as arrays: ORT copies them
+    # either way, but this skips serializing and parsing every weight (half of a session's setup time).
+    light = _copy_without_initializers(model)
+    names, values = [], []
+    for t in model.graph.initializer:
+        if is_lazy(t) and not mapped:
+            names.append(t.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(tensor_array(t)))
+            light.graph.initializer.append(_placeholder(t))
+        elif is_lazy(t):
+            light.graph.initializer.append(t)
+            for e in light.graph.initializer[-1].external_data:
+                if e.key == "location":
+                    e.value = os.path.basename(e.value)
+        elif (t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data")
+              and tensor_nbytes(t) >= 1 << 16):
+            names.append(t.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)))
+            light.graph.initializer.append(_placeholder(t))
+        else:
+            light.graph.initializer.append(t)
+    if names:
+        so.add_external_initializers(names, values)
+    model = light
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess._graphprune_external = values  # ORT reads these buffers (memory maps) for the session's lifetime
+    return sess
+
+
+def _placeholder(t: onnx.TensorProto) -> onnx.TensorProto:
+    """What ORT needs in the graph for an initializer given with add_external_initializers: its name, type
+    and dims, marked external (the location is never read)."""
+    from .io import tensor_nbytes
+
+    p = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims, data_location=onnx.TensorProto.EXTERNAL)
+    for k, v in (("location", "graphprune-in-memory"), ("offset", "0"), ("length", str(tensor_nbytes(t)))):
+        p.external_data.add(key=k, value=v)
+    return p
+
+
+def _location(t: onnx.TensorProto) -> str:
+    return next(e.value for e in t.external_data if e.key == "location")
 
 
 def synthetic_inputs(model: onnx.ModelProto, input_shapes: dict | None = None, seed: int = 0) -> dict[str, np.ndarray]:

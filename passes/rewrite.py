@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphprune.analysis import registry
+from graphprune.io import SpillFile, is_lazy
 
 
 class RewriteContext:
@@ -80,6 +81,12 @@ class _State:
                 self.kept[(sp.tensor, sp.axis)] = np.flatnonzero(mask)
         self._counter = 0
         self.rewired = False
+        self._spill = None
+
+    def spill_file(self):
+        if self._spill is None:
+            self._spill = SpillFile()
+        return self._spill
 
     def set_const(self, tensor, reader, reader_input, value):
         view = self.view
@@ -108,7 +115,13 @@ class _State:
     def replace_value(self, tensor, value):
         if tensor in self.inits:
             t = self.inits[tensor]
-            new = numpy_helper.from_array(np.asarray(value), tensor)
+            value = np.asarray(value)
+            if is_lazy(t):  # a memory-mapped weight: its slice goes to the spill file, not into memory
+                if value.dtype != onnx.helper.tensor_dtype_to_np_dtype(t.data_type):
+                    raise ValueError(f"dtype of '{tensor}' would change")
+                t.CopyFrom(self.spill_file().add(value, tensor, t.data_type))
+                return
+            new = numpy_helper.from_array(value, tensor)
             if new.data_type != t.data_type:
                 raise ValueError(f"dtype of '{tensor}' would change")
             t.CopyFrom(new)
@@ -150,6 +163,12 @@ def apply(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) -> onnx.M
             rule.rewrite(RewriteContext(st, i))
     if st.rewired:
         _remove_dead_nodes(out, view)
+    if st._spill is not None:
+        # The lazy weights left alone join the slices in the spill file: the pruned model's weights then
+        # live in one folder, which ONNX Runtime memory-maps instead of copying (runtime.session).
+        for t in out.graph.initializer:
+            if is_lazy(t) and not st._spill.contains(t):
+                st._spill.add_copy(t)
     # 3. recorded shapes
     for vi in list(out.graph.value_info) + list(out.graph.output) + list(out.graph.input):
         dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from graphprune import oracle, runtime
 from graphprune.errors import ValidationError
+from graphprune.io import light_copy
 
 
 @dataclass
@@ -48,13 +50,16 @@ def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, remov
              input_shapes: dict | None = None, check_oracle: bool = True, rtol: float = 1e-3,
              atol: float = 1e-4) -> Validation:
     v = Validation()
+    # Lazy (memory-mapped) weights and big in-memory ones become typed inputs: the checker then does not
+    # serialize every weight (the rewrite wrote them with numpy_helper, so their sizes match their dims).
+    checked = light_copy(pruned, min_bytes=1 << 20)
     try:
-        onnx.checker.check_model(pruned, full_check=True)
+        onnx.checker.check_model(checked, full_check=True)
     except Exception as exc:  # noqa: BLE001
         raise ValidationError(f"pruned model fails onnx.checker: {_first_line(exc)}") from None
     v.checker = True
     try:
-        onnx.shape_inference.infer_shapes(pruned, strict_mode=True)
+        onnx.shape_inference.infer_shapes(checked, strict_mode=True)
     except Exception as exc:  # noqa: BLE001
         raise ValidationError(f"pruned model fails shape inference: {_first_line(exc)}") from None
     v.shape_inference = True
@@ -64,16 +69,17 @@ def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, remov
     except Exception as exc:  # noqa: BLE001
         raise ValidationError(f"pruned model fails in ONNX Runtime: {_first_line(exc)}") from None
     v.runtime = True
+    masked = oracle.masked_model(original, analysis, removed_roots) if check_oracle else None
     try:
-        ref = runtime.run(original, feeds)
+        ref, want = _reference_runs(original, masked, feeds)
     except Exception as exc:  # noqa: BLE001
         v.notes.append(f"original model could not be run for comparison: {_first_line(exc)}")
         return v
     v.output_max_abs_diff = _compare(ref, got)
     v.output_cosine = _cosine(ref, got)
     if check_oracle:
-        masked = oracle.masked_model(original, analysis, removed_roots)
-        want = runtime.run(masked, feeds)
+        if want is None:
+            want = runtime.run(masked, feeds)
         diff = _compare(want, got)
         v.oracle_max_abs_diff = diff
         scale = max(float(np.max(np.abs(w))) if w.size else 0.0 for w in want) if want else 0.0
@@ -81,6 +87,41 @@ def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, remov
             raise ValidationError(f"pruned model differs from the masked original by {diff:.3g} "
                                   f"(output scale {scale:.3g}): the rewrite is wrong for this model")
     return v
+
+
+_MASK = "__oracle_mask_"
+
+
+def _reference_runs(original, masked, feeds):
+    """Outputs of the original and of the oracle's masked model, from ONE session when the oracle only
+    multiplies by masks: the masks become inputs, all ones for the original (x * 1 == x exactly), the
+    oracle's 0/1 masks for the reference. That saves a session (and a serialization) of the full model,
+    which is most of the validation time of a large one. Returns (ref, None) without an oracle."""
+    if masked is None:
+        return runtime.run(original, feeds), None
+    names = {t.name for t in original.graph.initializer}
+    added = [t for t in masked.graph.initializer if t.name not in names]
+    readers = {t: n.op_type for n in masked.graph.node for t in n.input}
+    if not added or any(not t.name.startswith(_MASK) or readers.get(t.name) != "Mul" for t in added):
+        return runtime.run(original, feeds), None  # e.g. masked quantized weights: not a neutral mask
+    # Turn the masks into inputs in place (no copy of the weights) and put them back afterwards.
+    masks = {t.name: numpy_helper.to_array(t) for t in added}
+    saved = [onnx.TensorProto() for _ in added]
+    for dst, src in zip(saved, added):
+        dst.CopyFrom(src)
+    for i in reversed([i for i, t in enumerate(masked.graph.initializer) if t.name in masks]):
+        del masked.graph.initializer[i]
+    n_inputs = len(masked.graph.input)
+    for t in saved:
+        masked.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    try:
+        sess = runtime.session(masked)
+    finally:
+        del masked.graph.input[n_inputs:]
+        masked.graph.initializer.extend(saved)
+    ref = sess.run(None, {**feeds, **{k: np.ones_like(m) for k, m in masks.items()}})
+    want = sess.run(None, {**feeds, **masks})
+    return ref, want
 
 
 def _first_line(exc) -> str:

@@ -16,7 +16,7 @@ import onnx
 from ..graph import GraphView
 from . import registry
 from .context import Role, RuleContext
-from .spaces import Space, SpaceTable, connected_components
+from .spaces import Space, SpaceTable, connected_components, sorted_unique
 
 
 @dataclass
@@ -205,7 +205,7 @@ class _Analyzer:
         sid = spaces.space_of_element()
         # (root, space) incidence, unique.
         key = roots * len(spaces.spaces) + sid if spaces.spaces else roots
-        uniq = np.unique(key)
+        uniq = sorted_unique(key)
         inc_root = uniq // max(len(spaces.spaces), 1)
         inc_space = uniq % max(len(spaces.spaces), 1)
         # Group units by their set of spaces (their signature).
@@ -216,7 +216,7 @@ class _Analyzer:
         ends = np.concatenate([bounds, [len(inc_root)]])
         elem_reason: dict[int, str] = {}
         for elements, why in self.frozen_elements:
-            for r in np.unique(roots[elements]).tolist():
+            for r in sorted_unique(roots[elements]).tolist():
                 elem_reason.setdefault(r, why)
         sig_units: dict[tuple, list[int]] = {}
         for s, e in zip(starts, ends):
@@ -228,10 +228,14 @@ class _Analyzer:
         for r in self.roles:
             role_by_space.setdefault(r.space, []).append(r)
 
+        # Which group each unit root falls in: "is this space all ours" becomes one gather, not an isin.
+        root_group = np.full(len(roots), -1, dtype=np.int64)
+        for gi, units in enumerate(sig_units.values()):
+            root_group[units] = gi
         groups: list[Group] = []
         for (sig, elem_why), units in sig_units.items():
             units_arr = np.array(units, dtype=np.int64)
-            g = self._make_group(len(groups), list(sig), units_arr, roots, role_by_space, elem_why)
+            g = self._make_group(len(groups), list(sig), units_arr, roots, role_by_space, elem_why, root_group)
             groups.append(g)
         groups.sort(key=lambda g: min(g.spaces))
         for i, g in enumerate(groups):
@@ -256,11 +260,13 @@ class _Analyzer:
             for g in same:
                 g.key = f"{key}@{int(np.flatnonzero(np.isin(r, g.units))[0])}"
 
-    def _make_group(self, gid, sig, units, roots, role_by_space, elem_why=None) -> Group:
+    def _make_group(self, gid, sig, units, roots, role_by_space, elem_why=None, root_group=None) -> Group:
         spaces = [self.spaces.spaces[s] for s in sig]
         unit_set = units
         # Anchor: the smallest space whose every element belongs to this group (exclusive), else smallest.
         def exclusive(sp):
+            if root_group is not None:
+                return bool((root_group[roots[sp.offset:sp.offset + sp.size]] == gid).all())
             return np.isin(roots[sp.offset:sp.offset + sp.size], unit_set).all()
 
         cands = sorted(spaces, key=lambda sp: (sp.size, sp.id))
@@ -289,8 +295,7 @@ class _Analyzer:
                     nodes.append(nm)
                 (producers if role.kind == "producer" else consumers).append(nm)
         # Channels per unit in data spaces decide what --round-to can promise.
-        per_unit = [sp.size // max(len(units), 1) for sp in spaces if not sp.constant
-                    and np.isin(roots[sp.offset:sp.offset + sp.size], unit_set).all()]
+        per_unit = [sp.size // max(len(units), 1) for sp in spaces if not sp.constant and exclusive(sp)]
         mult = min(per_unit) if per_unit else 1
         kind = self._kind(spaces, role_by_space, len(units))
         return Group(gid, anchor.key, ordered, list(sig), frozen, shown, nodes,

@@ -97,3 +97,15 @@ def connected_components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         keep = diff.nonzero()[0]
         u, v = u[keep], v[keep]
     return parent
+
+
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique for large integer arrays: numpy 2.x's hash-based unique is ~50x slower than a sort when
+    most values are distinct (5.6 s against 0.1 s for the 2.4M elements of a 1B-parameter decoder)."""
+    a = np.sort(np.asarray(a).reshape(-1))
+    if a.size == 0:
+        return a
+    keep = np.empty(a.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
