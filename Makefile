@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench coverage clean
+.PHONY: venv demo test bench coverage clean browser
 
 venv: $(STAMP)
 
@@ -20,8 +20,17 @@ demo: $(STAMP)
 	$(VENV)/bin/graphprune analyze .cache/demo/resnet18.onnx --summary
 	$(VENV)/bin/graphprune .cache/demo/resnet18.onnx --ratio 0.5 -o .cache/demo/resnet18.pruned.onnx --report .cache/demo/report.json
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# Headless Chromium for tests/test_html.py (which skips without it). Best effort, never fatal: installed with
+# apt-get only when running as root on a Debian-like system, non-interactively.
+browser:
+	-@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "note: chromium is not installed; the HTML rendering test will be skipped"
 
 coverage: $(STAMP)
 	$(PY) benchmarks/coverage.py

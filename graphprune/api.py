@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from . import __version__
+from . import __version__, progress
 from .analysis import Analysis, AnalysisOptions
 from .analysis import analyze as _analyze
-from .errors import UsageError
+from .errors import ModelError, UsageError
 from .graph import GraphView
 from .io import load_model
 from .normalize import unshare_uniform_constants
@@ -35,7 +37,8 @@ def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # one glob, not one per character
     opts = AnalysisOptions(exclude, prune_head_dim, prune_hidden, dict(input_shapes or {}))
     m, _ = unshare_uniform_constants(m)
-    return _analyze(GraphView(m, opts.input_shapes), opts)
+    with progress.step("analyzing channel groups"):
+        return _analyze(GraphView(m, opts.input_shapes), opts)
 
 
 def _check_input_shapes(m: onnx.ModelProto, input_shapes: dict) -> None:
@@ -58,8 +61,113 @@ def _check_input_shapes(m: onnx.ModelProto, input_shapes: dict) -> None:
                 raise UsageError(f"--input-shape {name}: dim {axis} is fixed to {h} in the model, got {d}")
 
 
-def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = None, **kwargs) -> PruneResult:
-    """Prune a model (path or ModelProto) and return the validated result; nothing is written."""
+@functools.lru_cache(maxsize=1)
+def _runtime_support() -> tuple[int, frozenset | None]:
+    """The newest ai.onnx opset ONNX Runtime loads, and the (domain, op) pairs it has CPU kernels for
+    (None when this build does not list them)."""
+    import onnxruntime as ort
+
+    def loads(v: int) -> bool:
+        vi = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [vi],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", v)])
+        m.ir_version = 8
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        try:
+            ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    newest = onnx.defs.onnx_opset_version()
+    while newest > 7 and not loads(newest):
+        newest -= 1
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        kernels = frozenset((k.domain, k.op_name) for k in _pybind_state.get_all_opkernel_def())
+    except Exception:  # noqa: BLE001 - a build without the listing: ORT itself will say it later
+        kernels = None
+    return newest, kernels
+
+
+def _check_runnable(m: onnx.ModelProto, where: str) -> None:
+    """Validation runs the model in ONNX Runtime: refuse up front, naming the opset or the node, what it
+    cannot run (instead of a long runtime message about the pruned model after all the work)."""
+    import onnxruntime as ort
+
+    newest, kernels = _runtime_support()
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < 7:
+            raise ModelError(f"{where}: opset {o.version} is older than ONNX Runtime runs (7 and newer), and "
+                             "validation needs it; convert the model with onnx.version_converter")
+        if o.domain in ("", "ai.onnx") and o.version > newest:
+            raise ModelError(f"{where}: opset {o.version} is newer than ONNX Runtime {ort.__version__} runs "
+                             f"(up to {newest}), and validation needs it; convert the model to opset {newest} "
+                             "with onnx.version_converter")
+    if kernels is None:
+        return
+    local = {(f.domain, f.name) for f in m.functions}
+    for i, n in enumerate(m.graph.node):
+        key = (n.domain, n.op_type)
+        if n.domain not in ("", "ai.onnx") and key not in kernels and key not in local:
+            name = n.name or f"{n.op_type}_{i}"
+            raise ModelError(f"{where}: node '{name}' uses op {n.domain}::{n.op_type}, which ONNX Runtime "
+                             f"{ort.__version__} cannot run, and validation needs it")
+
+
+def _is_torch_module(obj) -> bool:
+    """A torch.nn.Module, recognised without importing torch (it stays an optional dependency)."""
+    return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(obj).__mro__)
+
+
+def from_torch(module, example_inputs, opset: int = 17) -> onnx.ModelProto:
+    """Export a torch.nn.Module to ONNX (TorchScript exporter, eval mode, constants folded) in memory."""
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("prune() got a torch.nn.Module, but torch cannot be imported (pip install torch); "
+                         "or export the model to ONNX first") from None
+    if example_inputs is None:
+        raise UsageError("a torch.nn.Module needs example_inputs=(tensor, ...) to be exported to ONNX")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    if not example_inputs:
+        raise UsageError("example_inputs is empty: give one example tensor per forward() argument")
+    import io as _io
+    import warnings
+
+    names = ["input"] if len(example_inputs) == 1 else [f"input_{i}" for i in range(len(example_inputs))]
+    buf = _io.BytesIO()
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, example_inputs, buf, dynamo=False, opset_version=opset,
+                              input_names=names, do_constant_folding=True)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"torch.onnx.export of {type(module).__name__} failed: {first}") from None
+    finally:
+        module.train(training)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = None, example_inputs=None,
+          **kwargs) -> PruneResult:
+    """Prune a model (path, ModelProto, or a torch.nn.Module with `example_inputs`, exported first) and
+    return the validated result; nothing is written."""
+    if _is_torch_module(model):
+        model = from_torch(model, example_inputs)
+    elif example_inputs is not None:
+        raise UsageError("example_inputs is only for a torch.nn.Module model")
+    elif not isinstance(model, (str, bytes, os.PathLike, onnx.ModelProto)):
+        raise UsageError(f"model must be a path, an onnx.ModelProto or a torch.nn.Module, "
+                         f"not {type(model).__name__}")
     from graphprune.passes import allocation, rewrite, scoring, validate
 
     if options is None:
@@ -72,13 +180,16 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
     timings = {}
     m = load_model(model)
     _check_input_shapes(m, options.input_shapes)
+    if options.validate:
+        _check_runnable(m, "model" if isinstance(model, onnx.ModelProto) else os.fspath(model))
     timings["load"] = time.perf_counter() - t0
     t = time.perf_counter()
     original = m
     m, _ = unshare_uniform_constants(m)  # the work copy; `original` is what the user gave us
     view = GraphView(m, options.input_shapes)
     aopts = AnalysisOptions(options.exclude, options.prune_head_dim, options.prune_hidden, options.input_shapes)
-    analysis = _analyze(view, aopts)
+    with progress.step("analyzing channel groups"):
+        analysis = _analyze(view, aopts)
     timings["analyze"] = time.perf_counter() - t
     fp = fingerprint(original)
     t = time.perf_counter()
@@ -98,8 +209,9 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
     if options.validate:
         # Cutting a normalised (hidden) axis changes the norm's statistics: the oracle does not apply there.
         hidden_cut = any(analysis.group(k).kind == "hidden" for k, c in plan.cuts.items() if c.removed)
-        validation = validate.validate(pruned, m, analysis, removed, options.input_shapes,
-                                       check_oracle=not hidden_cut)
+        with progress.step("validating: checker, shape inference, ONNX Runtime, oracle"):
+            validation = validate.validate(pruned, m, analysis, removed, options.input_shapes,
+                                           check_oracle=not hidden_cut, seed=options.seed)
     timings["validate"] = time.perf_counter() - t
     # Count both on the same input shapes (--input-shape), or a dynamic model's before/after ratio is off.
     before = stats(m, view) if m is original else stats(original, GraphView(original, options.input_shapes))

@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from . import __version__
+from . import __version__, progress
 from .errors import GraphpruneError, UsageError
 from .options import PruneOptions, parse_input_shapes
 
@@ -63,6 +64,13 @@ def analyze_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="graphprune analyze", description="List the groups of coupled channels of a model.")
     _common(p)
     p.add_argument("--summary", action="store_true", help="counts and frozen reasons only")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="also compute the plan at this ratio (what `graphprune MODEL --ratio R` would cut); "
+                        "no model is written")
+    p.add_argument("--importance", default=None, help="scores for the plan (see `graphprune --help`)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
+    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page: the groups table and "
+                   "a per-layer chart of channels (kept and removed with --ratio)")
     return p
 
 
@@ -87,6 +95,13 @@ def bench_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    with warnings.catch_warnings():
+        if not debug:  # numpy/onnx/torch warnings are not for users: one line on stderr, or nothing
+            warnings.simplefilter("ignore")
+        return _main(argv, debug)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         if argv[:1] == ["--version"]:
             print(f"graphprune {__version__}")
@@ -139,6 +154,7 @@ def _prune(args) -> int:
     from .render import print_prune
 
     opts = _options(args)
+    progress.enable(not (args.quiet or args.json))
     out = Path(args.output) if args.output else _default_output(args.model)
     if not args.dry_run:
         if out.resolve() == Path(args.model).resolve() and not args.overwrite:
@@ -166,9 +182,12 @@ def _prune(args) -> int:
     result = prune(args.model, opts, plan=plan)
     report = result.report.to_dict()
     report["input"] = os.fspath(args.model)
+    if not result.analysis.prunable:
+        return _nothing_to_prune(args, result, report)
     report["output"] = None if args.dry_run else os.fspath(out)
     if not args.dry_run:
-        save_model(result.model, out)
+        with progress.file_step(f"saving {out.name}", result.report.after.size_bytes):
+            save_model(result.model, out)
     if args.save_plan:
         _write_text(args.save_plan, result.plan.to_json())
     if args.report:
@@ -180,6 +199,23 @@ def _prune(args) -> int:
     return 0
 
 
+def _nothing_to_prune(args, result, report: dict) -> int:
+    """Every channel group is frozen: say why, write no model, exit 0 (README: "Nothing to prune")."""
+    from .render import print_nothing_to_prune
+
+    report["output"] = None
+    report["nothing_to_prune"] = True
+    if args.save_plan:
+        _write_text(args.save_plan, result.plan.to_json())
+    if args.report:
+        _write_text(args.report, json.dumps(report, indent=1, default=str))
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    elif not args.quiet:
+        print_nothing_to_prune(result.analysis)
+    return 0
+
+
 def _write_text(path: str, text: str) -> None:
     try:
         Path(path).write_text(text)
@@ -188,15 +224,49 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _analyze(args) -> int:
-    from .api import analyze
+    from .api import analyze, prune
     from .render import analysis_json, print_analysis
 
-    a = analyze(args.model, exclude=args.exclude, input_shapes=parse_input_shapes(args.input_shape),
-                prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden)
+    if args.html:
+        html = Path(args.html)
+        if not html.parent.exists():
+            raise UsageError(f"--html {args.html}: folder does not exist")
+        if html.is_dir():
+            raise UsageError(f"--html {args.html}: is a directory")
+        if html.resolve() == Path(args.model).resolve():
+            raise UsageError(f"--html {args.html}: would overwrite the input model")
+    shapes = parse_input_shapes(args.input_shape)
+    progress.enable(not (args.quiet or args.json))
+    plan = None
+    if args.ratio is not None or args.importance is not None:
+        # The plan a prune would make, without validating or writing anything.
+        extra = {"importance": args.importance} if args.importance is not None else {}
+        opts = PruneOptions(ratio=0.5 if args.ratio is None else args.ratio, exclude=tuple(args.exclude),
+                            input_shapes=shapes, seed=args.seed, validate=False,
+                            prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden, **extra).check()
+        res = prune(args.model, opts)
+        a, plan = res.analysis, res.plan
+    else:
+        a = analyze(args.model, exclude=args.exclude, input_shapes=shapes,
+                    prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden)
+    if args.html:
+        from .html_report import write_html
+
+        write_html(a, args.html, plan, title=Path(args.model).name)
     if args.json:
-        print(json.dumps(analysis_json(a), indent=1))
+        d = analysis_json(a)
+        if plan is not None:
+            d["plan"] = {"ratio": opts.ratio, "channels_removed": plan.n_removed,
+                         "cuts": {k: c.removed for k, c in plan.cuts.items()}}
+        print(json.dumps(d, indent=1))
     elif not args.quiet:
         print_analysis(a, summary=args.summary)
+        if plan is not None:
+            total = sum(g.size for g in a.prunable)
+            print(f"at --ratio {opts.ratio}: {plan.n_removed} of {total} prunable channels removed in "
+                  f"{sum(1 for c in plan.cuts.values() if c.removed)} groups (analysis only; no model written)")
+        if args.html:
+            print(f"wrote {args.html}")
     return 0
 
 

@@ -12,6 +12,14 @@ import onnx
 from .graph import concrete_input_shapes
 
 CANDIDATES = (7, 61, 509, 4093, 16007)
+MAX_PROBE_ELEMENTS = 1 << 24  # per probe, all inputs together
+
+
+def _elements(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
 _MEMO: dict[tuple[int, int], dict] = {}
 
 
@@ -49,6 +57,8 @@ def probe_input_shapes(model: onnx.ModelProto, given: dict | None = None) -> dic
         if sess is not None:
             for other in CANDIDATES:
                 cand = concrete_input_shapes(model, given, other=other)
+                if sum(_elements(d) for d in cand.values()) > MAX_PROBE_ELEMENTS:
+                    break  # an input with several free dims: 509**3 floats is already 0.5 GB
                 try:
                     sess.run(None, random_feeds(model, cand))
                 except Exception:  # noqa: BLE001 - too small for this model: try the next size

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from . import progress
 from .errors import GraphpruneError, ModelError, UsageError
 
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
@@ -26,7 +27,8 @@ def load_model(source) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: file is empty")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        with progress.file_step(f"loading {path.name}", path.stat().st_size):
+            model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises many types
         raise ModelError(f"{path}: not a readable ONNX model ({_short(exc)})") from None
     _check_external(model, path)
@@ -280,6 +282,11 @@ def _check_basic(model: onnx.ModelProto, where: str) -> None:
         raise ModelError(f"{where}: the model has an empty graph")
     if len(model.graph.node) == 0:
         raise ModelError(f"{where}: the graph has no nodes")
+    for kind, vis in (("input", model.graph.input), ("output", model.graph.output)):
+        for vi in vis:  # the checker says only "Field 'shape' of 'type' is required": name the tensor
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+                raise ModelError(f"{where}: graph {kind} '{vi.name}' has no shape (not even a rank); "
+                                 "declare one, with symbolic dims where they vary")
     checked = light_copy(model, min_bytes=_CHECK_INLINE_BYTES)
     if checked is not model:
         _check_raw_sizes(model, where)

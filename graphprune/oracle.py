@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .analysis import registry
+
 
 def masked_model(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) -> onnx.ModelProto:
     out = onnx.ModelProto()
@@ -31,6 +33,15 @@ def masked_model(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) ->
             continue
         done.add((role.node, role.input_index))
         node = g.node[role.node]
+        # Integer (quantized) weights cannot be multiplied by a mask; their rule gives the masked weight.
+        rule = registry.lookup(node.domain, node.op_type)
+        masker = rule.notes.get("masked_weight") if rule is not None else None
+        value = masker(view, role.node, role.input_index, role.axis, keep) if masker else None
+        if value is not None:
+            name = f"__oracle_masked_{n}"
+            g.initializer.append(numpy_helper.from_array(value, name))
+            node.input[role.input_index] = name
+            continue
         src = node.input[role.input_index]
         rank = len(view.shape(src))
         shape = [1] * rank
@@ -48,4 +59,46 @@ def masked_model(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) ->
         for i, node in enumerate(nodes):
             g.node.extend(new_nodes.get(i, []))
             g.node.append(node)
+    return out
+
+
+def without_activation_fake_quant(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy in which per-tensor QuantizeLinear -> DequantizeLinear pairs on activations are Identity, or
+    None when there are none.
+
+    Fake quantization rounds: a last-bit difference in a float sum (the pruned conv adds fewer terms than
+    the masked one, in another order) moves a value across a rounding boundary, one quantization step
+    that the next layers spread. Comparing the pruned and the masked model without these pairs checks the
+    rewrite exactly; per-channel pairs (whose parameters the rewrite slices) are kept.
+    """
+    g = model.graph
+    consts = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    sizes = {t.name: int(np.prod(t.dims)) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+            sizes[n.output[0]] = int(np.prod(n.attribute[0].t.dims))
+    quants = [n for n in g.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")
+              and n.input[0] not in consts and sizes.get(n.input[1], 0) == 1
+              and n.output[0] not in {o.name for o in g.output}
+              and readers.get(n.output[0]) and all(r.op_type == "DequantizeLinear"
+                                                   for r in readers[n.output[0]])]
+    if not quants:
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    source = {q.output[0]: q.input[0] for q in quants}
+    drop = set(source)
+    nodes = []
+    for n in out.graph.node:
+        if n.op_type == "QuantizeLinear" and n.output[0] in drop:
+            continue
+        if n.op_type == "DequantizeLinear" and n.input[0] in source:
+            n = helper.make_node("Identity", [source[n.input[0]]], [n.output[0]], name=n.name)
+        nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
     return out

@@ -62,6 +62,19 @@ def print_analysis(analysis, summary: bool = False, console: Console | None = No
         console.print(f"  frozen x{n}: {why}")
 
 
+def nothing_to_prune_message(analysis) -> str:
+    groups = analysis.channel_groups
+    if not groups:
+        return "nothing to prune: the model has no channel group (no Conv/Gemm/MatMul weight to cut); no model written"
+    reasons = Counter(g.reasons[0] for g in groups if g.reasons)
+    top = "; ".join(f"{why} (x{n})" if n > 1 else why for why, n in reasons.most_common(3))
+    return f"nothing to prune: all {len(groups)} channel groups are frozen ({top}); no model written"
+
+
+def print_nothing_to_prune(analysis, console: Console | None = None) -> None:
+    (console or Console()).print(nothing_to_prune_message(analysis), markup=False, highlight=False, soft_wrap=True)
+
+
 def print_prune(result, report: dict, console: Console | None = None) -> None:
     console = console or Console()
     rep = result.report

@@ -20,7 +20,7 @@ def session(model: onnx.ModelProto, threads: int = 0):
     from .io import _copy_without_initializers, is_lazy, tensor_array, tensor_nbytes
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures raise; ORT's own error log would be a second stderr line
     if threads:
         so.intra_op_num_threads = threads
     lazy = [t for t in model.graph.initializer if is_lazy(t)]

@@ -93,7 +93,9 @@ class _State:
         old = view.const_value(tensor) if tensor else None
         if old is not None:
             value = np.asarray(value).astype(old.dtype)
-        single = tensor and len(view.consumers.get(tensor, [])) == 1 and tensor not in view.output_names
+        # A tensor an If/Loop/Scan body also reads has readers the consumer index does not list.
+        single = (tensor and len(view.consumers.get(tensor, [])) == 1 and tensor not in view.output_names
+                  and tensor not in view.subgraph_captures)
         if single and view.is_stored_constant(tensor):
             self.replace_value(tensor, value)
             return
@@ -188,7 +190,7 @@ def _remove_dead_nodes(model: onnx.ModelProto, view) -> None:
         if any(o in view.consumers or o in view.output_names for o in node.output if o):
             was_live.add(i)
     g = model.graph
-    graph_outputs = {o.name for o in g.output}
+    graph_outputs = {o.name for o in g.output} | set(view.subgraph_captures)  # subgraph bodies read these too
     alive = list(range(len(g.node)))
     while True:
         used = {t for i in alive for t in g.node[i].input} | graph_outputs

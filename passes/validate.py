@@ -48,7 +48,7 @@ def _cosine(ref, got):
 
 def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, removed_roots,
              input_shapes: dict | None = None, check_oracle: bool = True, rtol: float = 1e-3,
-             atol: float = 1e-4) -> Validation:
+             atol: float = 1e-4, seed: int = 0) -> Validation:
     v = Validation()
     # Lazy (memory-mapped) weights and big in-memory ones become typed inputs: the checker then does not
     # serialize every weight (the rewrite wrote them with numpy_helper, so their sizes match their dims).
@@ -56,17 +56,21 @@ def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, remov
     try:
         onnx.checker.check_model(checked, full_check=True)
     except Exception as exc:  # noqa: BLE001
+        _input_also_fails(original, "onnx.checker (full check)", lambda m: onnx.checker.check_model(m, full_check=True))
         raise ValidationError(f"pruned model fails onnx.checker: {_first_line(exc)}") from None
     v.checker = True
     try:
         onnx.shape_inference.infer_shapes(checked, strict_mode=True)
     except Exception as exc:  # noqa: BLE001
+        _input_also_fails(original, "strict shape inference",
+                          lambda m: onnx.shape_inference.infer_shapes(m, strict_mode=True))
         raise ValidationError(f"pruned model fails shape inference: {_first_line(exc)}") from None
     v.shape_inference = True
-    feeds = runtime.synthetic_inputs(original, input_shapes)
+    feeds = runtime.synthetic_inputs(original, input_shapes, seed=seed)
     try:
         got = runtime.run(pruned, feeds)
     except Exception as exc:  # noqa: BLE001
+        _check_original_runs(original, feeds)
         raise ValidationError(f"pruned model fails in ONNX Runtime: {_first_line(exc)}") from None
     v.runtime = True
     masked = oracle.masked_model(original, analysis, removed_roots) if check_oracle else None
@@ -80,6 +84,10 @@ def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, remov
     if check_oracle:
         if want is None:
             want = runtime.run(masked, feeds)
+        unquantized = oracle.without_activation_fake_quant(masked)
+        if unquantized is not None:  # fake-quantized activations round last-bit differences: see there
+            want = runtime.run(unquantized, feeds)
+            got = runtime.run(oracle.without_activation_fake_quant(pruned), feeds)
         diff = _compare(want, got)
         v.oracle_max_abs_diff = diff
         scale = max(float(np.max(np.abs(w))) if w.size else 0.0 for w in want) if want else 0.0
@@ -122,6 +130,29 @@ def _reference_runs(original, masked, feeds):
     ref = sess.run(None, {**feeds, **{k: np.ones_like(m) for k, m in masks.items()}})
     want = sess.run(None, {**feeds, **masks})
     return ref, want
+
+
+def _input_also_fails(original: onnx.ModelProto, what: str, check) -> None:
+    """The pruned model failed `check`: blame the input model when it fails the same way (the loader only
+    runs the light checker, so a broken input can get this far)."""
+    try:
+        check(light_copy(original))
+    except Exception as exc:  # noqa: BLE001
+        raise ValidationError(f"the input model itself fails {what}: {_first_line(exc)}") from None
+
+
+def _check_original_runs(original: onnx.ModelProto, feeds: dict) -> None:
+    """When the pruned model fails, say so if the input model fails too: the problem is then the model
+    or the synthetic inputs (dynamic dims guessed wrong), not the pruning."""
+    try:
+        runtime.run(original, feeds)
+    except Exception as exc:  # noqa: BLE001
+        inits = {t.name for t in original.graph.initializer}
+        dynamic = any(not d.HasField("dim_value") for vi in original.graph.input if vi.name not in inits
+                      for d in vi.type.tensor_type.shape.dim)
+        shapes = " ".join(f"{k}:{','.join(map(str, v.shape))}" for k, v in feeds.items())
+        hint = f" (dynamic dims were guessed as {shapes}; give the real ones with --input-shape)" if dynamic else ""
+        raise ValidationError(f"the input model itself fails in ONNX Runtime{hint}: {_first_line(exc)}") from None
 
 
 def _first_line(exc) -> str:

@@ -377,6 +377,6 @@ def test_no_arguments_is_a_usage_error():
 
 
 def test_analyze_unknown_flag(model):
-    r = run_cli("analyze", model, "--ratio", "0.5")
+    r = run_cli("analyze", model, "--overwrite")  # a prune-only flag (analyze takes --ratio: it computes a plan)
     assert r.returncode == 2
     assert_one_line_error(r)

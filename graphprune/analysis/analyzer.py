@@ -77,6 +77,20 @@ class Analysis:
         return ~np.isin(r, removed_roots)
 
 
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def _freeze_control_flow(ctx) -> None:
+    """Channels are not followed into or out of control flow: what a subgraph reads (its inputs here; the
+    tensors it captures from this scope are frozen in `run_pass`) and what it returns keep every channel."""
+    for t in ctx.inputs:
+        for ax in ctx.axes(t) if t else ():
+            ctx.fix(t, ax, f"flows into {ctx.op} '{ctx.name}' (channels are not pruned through control flow)")
+    for t in ctx.outputs:
+        for ax in ctx.axes(t) if t else ():
+            ctx.fix(t, ax, f"comes out of {ctx.op} '{ctx.name}' (channels are not pruned through control flow)")
+
+
 class _Analyzer:
     def __init__(self, view: GraphView, options: AnalysisOptions):
         self.view = view
@@ -133,6 +147,9 @@ class _Analyzer:
             ctx = RuleContext(self, i)
             ctx.pass_name = pass_name
             rule = registry.lookup(node.domain, node.op_type)
+            if rule is None and node.domain in ("", "ai.onnx") and node.op_type in CONTROL_FLOW:
+                _freeze_control_flow(ctx)
+                continue
             if rule is None:
                 dom = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
                 ctx.freeze_node(f"no rule for op {dom}{node.op_type} (node '{ctx.name}')")
@@ -311,7 +328,7 @@ class _Analyzer:
                 if not role.weight:
                     continue
                 op = self.view.nodes[role.node].op_type
-                if op in ("Conv", "ConvTranspose"):
+                if op in ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger"):
                     # A depthwise conv inside an MLP (SegFormer's Mix-FFN) only produces: it stays an MLP.
                     conv = conv or role.kind == "consumer" or not linear
                 else:

@@ -29,6 +29,17 @@ def _same_local_ties(ctx, t, size, per_group):
     ctx.tie(t, 1, t, 1, idx, idx % per_group)
 
 
+def _groups_divide(ctx, cin, cout) -> bool:
+    """A `group` that does not divide the channels makes an invalid model (ONNX Runtime refuses it);
+    freeze the node instead of computing ties from it."""
+    groups = ctx.attr("group", 1)
+    if groups >= 1 and (cin is None or cin % groups == 0) and (cout is None or cout % groups == 0):
+        return True
+    ctx.freeze_node(f"{ctx.op} '{ctx.name}': group {groups} does not divide its {cin} input and {cout} "
+                    "output channels")
+    return False
+
+
 def _conv_common(ctx, x, w, y):
     rx = ctx.rank(x)
     ctx.tie(x, 0, y, 0)
@@ -55,6 +66,8 @@ def conv(ctx):
     sx, sw = ctx.shape(x), ctx.shape(w)
     if sx is None or sw is None or not ctx.is_weight(w):
         ctx.freeze_node(f"Conv '{ctx.name}': weight is not a constant or shapes are unknown")
+        return
+    if not _groups_divide(ctx, sx[1], sw[0]):
         return
     _conv_common(ctx, x, w, y)
     groups = ctx.attr("group", 1)
@@ -95,6 +108,8 @@ def conv_transpose(ctx):
     sx, sw = ctx.shape(x), ctx.shape(w)
     if sx is None or sw is None or not ctx.is_weight(w):
         ctx.freeze_node(f"ConvTranspose '{ctx.name}': weight is not a constant or shapes are unknown")
+        return
+    if not _groups_divide(ctx, sw[0], sw[1] * max(ctx.attr("group", 1), 1)):
         return
     if ctx.attr("output_padding") and any(ctx.attr("output_padding")):
         pass  # spatial only
