@@ -71,6 +71,8 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page: the groups table and "
                    "a per-layer chart of channels (kept and removed with --ratio)")
+    p.add_argument("--calib", metavar="NPZ", help="calibration samples (.npz keyed by input name, samples on "
+                   "axis 0): adds per-group sensitivity curves (output error vs ratio)")
     return p
 
 
@@ -249,12 +251,21 @@ def _analyze(args) -> int:
     else:
         a = analyze(args.model, exclude=args.exclude, input_shapes=shapes,
                     prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden)
+    sens = None
+    if args.calib:
+        from .html_report import read_calibration, sensitivity
+
+        feeds = read_calibration(args.calib, a.view.model)
+        with progress.step("sensitivity: one group at a time"):
+            sens = sensitivity(a, feeds)
     if args.html:
         from .html_report import write_html
 
-        write_html(a, args.html, plan, title=Path(args.model).name)
+        write_html(a, args.html, plan, title=Path(args.model).name, sensitivity_rows=sens)
     if args.json:
         d = analysis_json(a)
+        if sens is not None:
+            d["sensitivity"] = sens
         if plan is not None:
             d["plan"] = {"ratio": opts.ratio, "channels_removed": plan.n_removed,
                          "cuts": {k: c.removed for k, c in plan.cuts.items()}}
@@ -265,6 +276,9 @@ def _analyze(args) -> int:
             total = sum(g.size for g in a.prunable)
             print(f"at --ratio {opts.ratio}: {plan.n_removed} of {total} prunable channels removed in "
                   f"{sum(1 for c in plan.cuts.values() if c.removed)} groups (analysis only; no model written)")
+        for row in sens or []:
+            curve = ", ".join(f"{p['ratio']:g}: {p['relative_error']:.3g}" for p in row["points"][1:])
+            print(f"sensitivity of {row['key']} (output relative error at ratio {curve})")
         if args.html:
             print(f"wrote {args.html}")
     return 0

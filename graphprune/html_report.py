@@ -1,6 +1,9 @@
 """`graphprune analyze MODEL --html report.html`: one self-contained page (inline CSS, JS and SVG; it loads
 nothing from anywhere) with the channel groups and a per-layer chart.
 
+With calibration samples (`--calib`), small multiples show each large group's sensitivity: the outputs'
+relative error against the original when only that group is cut at 25, 50 and 75 %.
+
 The table lists every channel group: id, key, kind, channels, status, the parameters and MACs at stake
 (what cutting the whole group would touch), the member nodes and the frozen reason. The chart has one bar
 per layer that produces channels (the output channels of a Conv, Gemm or MatMul weight): kept and removed
@@ -97,7 +100,7 @@ def layer_rows(analysis, removed_roots=None) -> list[dict]:
     return rows
 
 
-def page_data(analysis, plan=None) -> dict:
+def page_data(analysis, plan=None, sensitivity_rows=None) -> dict:
     """Everything the page shows, as plain data (also handy for tests)."""
     removed_roots = plan.removed_roots(analysis) if plan is not None else None
     params, macs = group_costs(analysis)
@@ -109,7 +112,132 @@ def page_data(analysis, plan=None) -> dict:
                        "removed": len(cut.removed) if cut else 0, "params": int(round(params[i])),
                        "macs": int(round(macs[i])), "nodes": list(g.nodes), "reasons": list(g.reasons)})
     return {"groups": groups, "layers": layer_rows(analysis, removed_roots), "plan": plan is not None,
-            "ratio": (plan.options or {}).get("ratio") if plan is not None else None}
+            "ratio": (plan.options or {}).get("ratio") if plan is not None else None,
+            "sensitivity": sensitivity_rows or []}
+
+
+# ---- sensitivity ------------------------------------------------------------------------------------------
+SENSITIVITY_RATIOS = (0.25, 0.5, 0.75)
+SENSITIVITY_GROUPS = 12  # the largest prunable groups get a curve
+CALIB_SAMPLES = 32
+
+
+def read_calibration(path, model) -> dict:
+    """`--calib NPZ` for the sensitivity curves: arrays keyed by graph input name, samples on axis 0; the
+    first CALIB_SAMPLES are used. Anything that does not fit the model's inputs is a UsageError."""
+    import onnx
+
+    from .errors import UsageError
+
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise UsageError(f"--calib {path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and format errors
+        raise UsageError(f"--calib {path}: not a readable .npz archive ({type(exc).__name__})") from None
+    inits = {t.name for t in model.graph.initializer}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
+    feeds = {}
+    for name, vi in inputs.items():
+        if name not in arrays:
+            raise UsageError(f"--calib {path}: no array for graph input '{name}' (given: "
+                             f"{', '.join(sorted(arrays)) or 'nothing'})")
+        a = arrays[name]
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if a.ndim != len(dims) or any(d is not None and d != n for d, n in zip(dims[1:], a.shape[1:])):
+            raise UsageError(f"--calib {path}: '{name}' has shape {list(a.shape)}, the model expects "
+                             f"{['?' if d is None else d for d in dims]} (samples on axis 0)")
+        want = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        if a.dtype.kind not in "fiub" or (np.dtype(want).kind == "f") != (a.dtype.kind == "f"):
+            raise UsageError(f"--calib {path}: '{name}' is {a.dtype}, the model expects {np.dtype(want)}")
+        if len(a) == 0:
+            raise UsageError(f"--calib {path}: '{name}' has no samples")
+        feeds[name] = a[:CALIB_SAMPLES].astype(want)
+    extra = sorted(set(arrays) - set(inputs))
+    if extra:
+        raise UsageError(f"--calib {path}: '{extra[0]}' is not a graph input (inputs: {', '.join(inputs)})")
+    if len({len(v) for v in feeds.values()}) > 1:
+        raise UsageError(f"--calib {path}: the inputs have different sample counts")
+    return feeds
+
+
+def _batches(model, feeds: dict):
+    """Feeds in batches the model accepts (its batch size where axis 0 is fixed)."""
+    inits = {t.name for t in model.graph.initializer}
+    fixed = [vi.type.tensor_type.shape.dim[0].dim_value for vi in model.graph.input
+             if vi.name not in inits and vi.type.tensor_type.shape.dim
+             and vi.type.tensor_type.shape.dim[0].HasField("dim_value")]
+    n = len(next(iter(feeds.values())))
+    step = fixed[0] if fixed and fixed[0] > 0 else n
+    for i in range(0, n - n % step if step <= n else 0, step):
+        yield {k: v[i:i + step] for k, v in feeds.items()}
+
+
+def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SENSITIVITY_GROUPS) -> list[dict]:
+    """Per group: the outputs' relative error and cosine against the original when only that group loses
+    the fraction r of its channels (lowest L2 magnitude first), on the given samples. Computed on the
+    oracle's masked model, which equals the pruned one (the tests prove it), so nothing is rewritten."""
+    from graphprune.passes import scoring
+
+    from .oracle import masked_model
+    from .runtime import session
+
+    model = analysis.view.model
+    batches = list(_batches(model, feeds))
+    if not batches:
+        return []
+
+    def outputs(m):
+        sess = session(m)
+        runs = [sess.run(None, b) for b in batches]
+        return [np.concatenate([r[k] for r in runs]).astype(np.float64).ravel() for k in range(len(runs[0]))]
+
+    base = np.concatenate(outputs(model))
+    scores = scoring.score(analysis, "l2", 0)
+    rows = []
+    for g in sorted(analysis.prunable, key=lambda g: -g.size)[:max_groups]:
+        order = np.argsort(scores[g.key], kind="stable")
+        points = [{"ratio": 0.0, "removed": 0, "relative_error": 0.0, "cosine": 1.0}]
+        for r in ratios:
+            k = min(g.size - 1, int(round(g.size * r)))
+            if k <= points[-1]["removed"]:
+                continue
+            got = np.concatenate(outputs(masked_model(model, analysis, g.units[order[:k]])))
+            den = np.linalg.norm(base) * np.linalg.norm(got)
+            points.append({"ratio": r, "removed": k,
+                           "relative_error": float(np.linalg.norm(got - base) / max(np.linalg.norm(base), 1e-30)),
+                           "cosine": float(base @ got / den) if den > 0 else 1.0})
+        rows.append({"key": g.key, "size": g.size, "points": points})
+    return rows
+
+
+def _curves(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    w, h, pad = 220, 130, 30
+    top = max([p["relative_error"] for r in rows for p in r["points"]] + [1e-9])
+    cells = []
+    for i, r in enumerate(rows):
+        pts = " ".join(f"{pad + (w - pad - 8) * p['ratio']:.1f},{h - pad - (h - pad - 10) * p['relative_error'] / top:.1f}"
+                       for p in r["points"])
+        dots = "".join(f'<circle cx="{pad + (w - pad - 8) * p["ratio"]:.1f}" '
+                       f'cy="{h - pad - (h - pad - 10) * p["relative_error"] / top:.1f}" r="2.5" fill="#2563eb">'
+                       f'<title>ratio {p["ratio"]}: {p["removed"]} channels, relative error '
+                       f'{p["relative_error"]:.3g}, cosine {p["cosine"]:.4f}</title></circle>' for p in r["points"])
+        key = html.escape(r["key"] if len(r["key"]) <= 32 else "…" + r["key"][-31:])
+        cells.append(f'<svg class="curve" data-group="{html.escape(r["key"])}" width="{w}" height="{h}" role="img">'
+                     f'<text x="{pad}" y="12">{key} ({r["size"]})</text>'
+                     f'<line x1="{pad}" y1="{h - pad}" x2="{w - 8}" y2="{h - pad}" stroke="#9ca3af"/>'
+                     f'<line x1="{pad}" y1="16" x2="{pad}" y2="{h - pad}" stroke="#9ca3af"/>'
+                     f'<text x="{pad}" y="{h - pad + 14}">0</text><text x="{w - 14}" y="{h - pad + 14}">1</text>'
+                     f'<text x="{w // 2}" y="{h - pad + 14}">ratio</text>'
+                     f'<text x="2" y="24">{top:.2g}</text>'
+                     f'<polyline points="{pts}" fill="none" stroke="#2563eb" stroke-width="1.5"/>{dots}</svg>')
+    return ('<h2>Sensitivity: output relative error when one group is cut</h2>'
+            '<div class="sub">Each curve cuts only that group (lowest L2 magnitude first) and compares the outputs '
+            'with the original on the calibration samples; the shared y axis is the relative error.</div>'
+            f'<div class="curves">{"".join(cells)}</div>')
 
 
 # ---- the page ---------------------------------------------------------------------------------------------
@@ -130,6 +258,7 @@ tr.frozen td{color:#6b7280} .tag{border-radius:4px;padding:1px 6px;font-size:12p
 #filter{margin:6px 0 10px;padding:4px 8px;width:260px}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 svg text{font-size:11px;fill:#1d232b}
+.curves{display:flex;flex-wrap:wrap;gap:8px} svg.curve{border:1px solid #e3e7ec;border-radius:4px}
 """
 
 _JS = """
@@ -191,8 +320,8 @@ def _chart(layers: list[dict], plan: bool) -> str:
     return legend + "".join(parts)
 
 
-def render_html(analysis, plan=None, title: str = "model") -> str:
-    d = page_data(analysis, plan)
+def render_html(analysis, plan=None, title: str = "model", sensitivity_rows=None) -> str:
+    d = page_data(analysis, plan, sensitivity_rows)
     groups = d["groups"]
     n_prunable = sum(g["prunable"] for g in groups)
     chans = sum(g["channels"] for g in groups if g["prunable"])
@@ -233,6 +362,7 @@ def render_html(analysis, plan=None, title: str = "model") -> str:
 <div class="cards">{cards_html}</div>
 <h2>{chart_title}</h2>
 {_chart(d["layers"], plan is not None)}
+{_curves(d["sensitivity"])}
 <h2>Channel groups</h2>
 <input id="filter" type="search" placeholder="filter groups (node, reason, kind...)">
 <table id="groups"><thead><tr>{th}</tr></thead><tbody>
@@ -244,12 +374,12 @@ def render_html(analysis, plan=None, title: str = "model") -> str:
 """
 
 
-def write_html(analysis, path, plan=None, title: str | None = None) -> None:
+def write_html(analysis, path, plan=None, title: str | None = None, sensitivity_rows=None) -> None:
     """Write the page atomically (a temporary file in the target folder, then rename)."""
     from .errors import GraphpruneError
 
     path = Path(os.fspath(path))
-    text = render_html(analysis, plan, title or path.stem)
+    text = render_html(analysis, plan, title or path.stem, sensitivity_rows)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")

@@ -280,6 +280,12 @@ def _analyze_html_missing_folder(folder):
     return ["analyze", MODEL, "--html", "no_such_folder/report.html"]
 
 
+def _analyze_calib_wrong_name(folder):
+    save(folder, cnn_model())
+    np.savez(folder / "calib.npz", image=_x())
+    return ["analyze", MODEL, "--calib", "calib.npz"]
+
+
 def _analyze_bad_ratio(folder):
     save(folder, cnn_model())
     return ["analyze", MODEL, "--ratio", "1.5"]
@@ -650,6 +656,8 @@ def cases(calibration: bool | None = None) -> list[Case]:
         Case("analyze --html into a missing folder", "options", _analyze_html_missing_folder, code=2,
              mentions=("--html", "no_such_folder")),
         Case("analyze --ratio 1.5", "options", _analyze_bad_ratio, code=2, mentions=("--ratio",)),
+        Case("analyze --calib naming no input", "options", _analyze_calib_wrong_name, code=2,
+             mentions=("--calib", "'input'")),
         # hard but legal models
         Case("If with a captured conv output", "control flow", _with_model(if_model), expect="pruned",
              mentions=("subgraph of 'branch'",), check=_check_shrunk("conv1.W", 0, 16)),

@@ -182,6 +182,36 @@ def test_if_condition_from_a_conv_freezes():
     assert_oracle(m)
 
 
+def test_weight_read_inside_a_loop_body_freezes_its_channels():
+    """A weight initializer the main graph slices, also read (captured) by a Loop body: both of its channel
+    axes keep every channel; the rest of the graph still prunes."""
+    g = GraphBuilder()
+    x = g.input("input", [1, 3, 8, 8])
+    y = g.op("Relu", [g.conv(x, 3, 8, name="conv0")])
+    y = g.op("Relu", [g.conv(y, 8, 16, name="conv1")])
+    y = g.op("Relu", [g.conv(y, 16, 16, name="conv2")])
+    vi = helper.make_tensor_value_info
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]),
+         helper.make_node("ReduceSum", ["conv2.W"], ["s"], keepdims=0),  # reads the outer weight
+         helper.make_node("Add", ["acc_in", "s"], ["acc_out"])],
+        "body", [vi("i", TP.INT64, []), vi("c_in", TP.BOOL, []), vi("acc_in", TP.FLOAT, [])],
+        [vi("c_out", TP.BOOL, []), vi("acc_out", TP.FLOAT, [])])
+    g.nodes.append(helper.make_node("Loop", [g.ints(np.array(2, np.int64)), g.const(np.array(True)),
+                                             g.const(np.float32(0))], ["total"], name="loop", body=body))
+    g.output(g.conv(y, 16, 4, name="conv3"))
+    g.outputs.append(vi("total", TP.FLOAT, []))
+    m = g.model()
+    a = run_analysis(m)
+    frozen = " | ".join(r for grp in a.frozen for r in grp.reasons)
+    assert "read inside the subgraph of 'loop'" in frozen
+    assert not any("conv2" in grp.producers or "conv2" in grp.consumers for grp in a.prunable)
+    res = graphprune.prune(m, ratio=0.5)
+    np.testing.assert_array_equal(init_value(res.model, "conv2.W"), init_value(m, "conv2.W"))
+    assert [grp.producers for grp in a.prunable] == [["conv0"]] and res.report.groups_pruned == 1
+    assert_oracle(m)
+
+
 def test_constant_read_by_a_subgraph_is_not_edited_in_place():
     """Regression: a Reshape target also read inside an If body was rewritten in place (the body saw the
     pruned shape and the oracle failed). It now gets a copy; the body keeps the original."""

@@ -99,6 +99,56 @@ def test_analyze_html_usage_errors(model, tmp_path, monkeypatch, capsys, args, m
     assert {p.name for p in tmp_path.iterdir()} == before
 
 
+# ---- sensitivity curves -------------------------------------------------------------------------------------
+def test_sensitivity_equals_pruning_that_group(model, tmp_path):
+    """The curve is computed on the oracle's masked model; each point must equal the error of the model
+    really pruned at that point."""
+    import numpy as np
+
+    from graphprune import runtime
+    from graphprune.html_report import read_calibration, sensitivity
+    from graphprune.passes import rewrite, scoring
+
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((6, 3, 16, 16), np.float32))
+    a = graphprune.analyze(model)
+    feeds = read_calibration(tmp_path / "calib.npz", a.view.model)
+    rows = sensitivity(a, feeds)
+    assert [r["key"] for r in rows] == [g.key for g in sorted(a.prunable, key=lambda g: -g.size)]
+    row = rows[0]
+    errors = [p["relative_error"] for p in row["points"]]
+    assert errors[0] == 0 and all(e > 0 for e in errors[1:])
+    g = a.group(row["key"])
+    p = row["points"][2]
+    order = np.argsort(scoring.score(a, "l2", 0)[g.key], kind="stable")
+    pruned = rewrite.apply(a.view.model, a, g.units[order[:p["removed"]]])
+    got, base = [], []
+    for i in range(len(feeds["input"])):  # the model's batch is fixed to 1
+        f = {"input": feeds["input"][i:i + 1]}
+        got.append(np.concatenate([o.ravel() for o in runtime.run(pruned, f)]))
+        base.append(np.concatenate([o.ravel() for o in runtime.run(a.view.model, f)]))
+    got, base = np.concatenate(got).astype(np.float64), np.concatenate(base).astype(np.float64)
+    assert np.isclose(np.linalg.norm(got - base) / np.linalg.norm(base), p["relative_error"], rtol=1e-4)
+
+
+def test_analyze_calib_through_the_cli(model, tmp_path, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "calib.npz", input=np.ones((2, 3, 16, 16), np.float32))
+    rc = main(["analyze", str(model), "--calib", str(tmp_path / "calib.npz"), "--html", str(tmp_path / "r.html"),
+               "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["sensitivity"] and d["sensitivity"][0]["points"][0]["ratio"] == 0
+    assert (tmp_path / "r.html").read_text().count('<svg class="curve"') == len(d["sensitivity"])
+    for bad, mentions in (({"image": np.ones((2, 3, 16, 16), np.float32)}, "no array for graph input 'input'"),
+                          ({"input": np.ones((2, 3, 8, 8), np.float32)}, "shape"),
+                          ({"input": np.ones((2, 3, 16, 16), np.int64)}, "int64")):
+        np.savez(tmp_path / "bad.npz", **bad)
+        rc = main(["analyze", str(model), "--calib", str(tmp_path / "bad.npz")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and mentions in err, err
+
+
 # ---- headless Chromium -------------------------------------------------------------------------------------
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -113,8 +163,12 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 def test_page_renders_in_headless_chromium(model, tmp_path):
+    import numpy as np
+
     page = tmp_path / "report.html"
-    assert main(["analyze", str(model), "--ratio", "0.5", "--html", str(page), "-q"]) == 0
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((2, 3, 16, 16), np.float32))
+    assert main(["analyze", str(model), "--ratio", "0.5", "--calib", str(tmp_path / "calib.npz"),
+                 "--html", str(page), "-q"]) == 0
     shot = tmp_path / "shot.png"
     r = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri())
     assert shot.exists(), r.stderr[-2000:]
@@ -128,6 +182,7 @@ def test_page_renders_in_headless_chromium(model, tmp_path):
     assert f"ready: {n_groups} groups, {n_prunable} prunable" in dom
     assert dom.count('<g class="layer"') == len(page_data(a, plan)["layers"])
     assert '<svg id="layer-chart"' in dom
+    assert dom.count('<svg class="curve"') == len(a.prunable)  # one sensitivity curve per prunable group
 
 
 # ---- progress ----------------------------------------------------------------------------------------------

@@ -28,9 +28,9 @@ from tests.oracle import assert_oracle, assert_ratio_zero_identical
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-CNN_EXAMPLES = 24
-MLP_EXAMPLES = 16
-MUTANTS = 60
+CNN_EXAMPLES = 40
+MLP_EXAMPLES = 30
+MUTANTS = 100
 
 ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSwish", "Elu", "Identity")
 
