@@ -219,10 +219,9 @@ def _nothing_to_prune(args, result, report: dict) -> int:
 
 
 def _write_text(path: str, text: str) -> None:
-    try:
-        Path(path).write_text(text)
-    except OSError as exc:
-        raise GraphpruneError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    from .io import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _analyze(args) -> int:

@@ -1,13 +1,12 @@
 """`graphprune analyze MODEL --html report.html`: one self-contained page (inline CSS, JS and SVG; it loads
-nothing from anywhere) with the channel groups and a per-layer chart.
+nothing from anywhere).
 
-With calibration samples (`--calib`), small multiples show each large group's sensitivity: the outputs'
-relative error against the original when only that group is cut at 25, 50 and 75 %.
-
-The table lists every channel group: id, key, kind, channels, status, the parameters and MACs at stake
-(what cutting the whole group would touch), the member nodes and the frozen reason. The chart has one bar
-per layer that produces channels (the output channels of a Conv, Gemm or MatMul weight): kept and removed
-channels when a plan is given (`--ratio`), prunable and frozen channels otherwise.
+- The table lists every channel group: id, key, kind, channels, status, the parameters and MACs at stake
+  (what cutting the whole group would touch), the member nodes and the frozen reason.
+- The chart has one bar per layer that produces channels (the output channels of a Conv, Gemm or MatMul
+  weight): kept and removed channels with a plan (`--ratio`), prunable and frozen channels without.
+- With calibration samples (`--calib`), small multiples show the sensitivity of the largest groups: the
+  outputs' relative error against the original when only that group is cut at 25, 50 and 75 %.
 """
 
 from __future__ import annotations
@@ -189,8 +188,14 @@ def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SEN
         return []
 
     def outputs(m):
-        sess = session(m)
-        runs = [sess.run(None, b) for b in batches]
+        from .errors import ModelError
+
+        try:
+            sess = session(m)
+            runs = [sess.run(None, b) for b in batches]
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's many kinds
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"sensitivity curves need ONNX Runtime to run the model: {first}") from None
         return [np.concatenate([r[k] for r in runs]).astype(np.float64).ravel() for k in range(len(runs[0]))]
 
     base = np.concatenate(outputs(model))
@@ -376,15 +381,7 @@ def render_html(analysis, plan=None, title: str = "model", sensitivity_rows=None
 
 def write_html(analysis, path, plan=None, title: str | None = None, sensitivity_rows=None) -> None:
     """Write the page atomically (a temporary file in the target folder, then rename)."""
-    from .errors import GraphpruneError
+    from .io import write_text_atomic
 
     path = Path(os.fspath(path))
-    text = render_html(analysis, plan, title or path.stem, sensitivity_rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp.exists():
-            tmp.unlink()
-        raise GraphpruneError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    write_text_atomic(path, render_html(analysis, plan, title or path.stem, sensitivity_rows))

@@ -296,6 +296,23 @@ def _check_basic(model: onnx.ModelProto, where: str) -> None:
         raise ModelError(f"{where}: invalid ONNX model ({_short(exc)})") from None
 
 
+def write_text_atomic(path, text: str) -> None:
+    """A report, plan or HTML page, written like a model: a temporary file in the target folder, then a
+    rename, so an interrupted write leaves the previous file (or none), never half of one."""
+    path = Path(os.fspath(path))
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp.exists():
+            tmp.unlink()
+        if isinstance(exc, OSError):  # disk full, permissions: the user's to fix
+            raise GraphpruneError(f"{path}: cannot write ({exc.strerror or _short(exc)})") from None
+        raise
+
+
 def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None) -> None:
     """Write atomically: a temporary file in the target folder, then rename."""
     path = Path(os.fspath(path))

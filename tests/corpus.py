@@ -286,6 +286,12 @@ def _analyze_calib_wrong_name(folder):
     return ["analyze", MODEL, "--calib", "calib.npz"]
 
 
+def _analyze_calib_custom_op(folder):
+    save(folder, _custom_domain_model())
+    np.savez(folder / "calib.npz", input=_x(2))
+    return ["analyze", MODEL, "--calib", "calib.npz"]
+
+
 def _analyze_bad_ratio(folder):
     save(folder, cnn_model())
     return ["analyze", MODEL, "--ratio", "1.5"]
@@ -653,11 +659,13 @@ def cases(calibration: bool | None = None) -> list[Case]:
         Case("--input-shape of the wrong rank", "options", _args("--input-shape", "input:1,3,16"), code=2,
              mentions=("input", "rank")),
         Case("--plan for another model", "options", _other_model_plan, code=2, mentions=("different model",)),
-        Case("analyze --html into a missing folder", "options", _analyze_html_missing_folder, code=2,
+        Case("analyze --html into a missing folder", "analyze", _analyze_html_missing_folder, code=2,
              mentions=("--html", "no_such_folder")),
-        Case("analyze --ratio 1.5", "options", _analyze_bad_ratio, code=2, mentions=("--ratio",)),
-        Case("analyze --calib naming no input", "options", _analyze_calib_wrong_name, code=2,
+        Case("analyze --ratio 1.5", "analyze", _analyze_bad_ratio, code=2, mentions=("--ratio",)),
+        Case("analyze --calib naming no input", "analyze", _analyze_calib_wrong_name, code=2,
              mentions=("--calib", "'input'")),
+        Case("analyze --calib on a model ONNX Runtime cannot run", "analyze", _analyze_calib_custom_op,
+             mentions=("sensitivity", "Frobnicate")),
         # hard but legal models
         Case("If with a captured conv output", "control flow", _with_model(if_model), expect="pruned",
              mentions=("subgraph of 'branch'",), check=_check_shrunk("conv1.W", 0, 16)),

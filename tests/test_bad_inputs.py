@@ -9,8 +9,10 @@ nothing written and the input unchanged; every hard-but-legal case must prune to
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -108,6 +110,37 @@ def test_debug_shows_the_traceback(case_folder):
                        text=True, timeout=120)
     assert r.returncode != 0
     assert "Traceback" in r.stderr and "ModelError" in r.stderr
+
+
+# ---- atomic writes of the side files ------------------------------------------------------------------------
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_interrupted_text_write_keeps_the_previous_file(tmp_path, monkeypatch, exc):
+    """Reports, plans and HTML pages are written like models: temporary file, then rename."""
+    from graphprune import io as gio
+
+    target = tmp_path / "r.json"
+    target.write_text("previous")
+    real = Path.write_text
+
+    def half_then_fail(self, text, *args, **kwargs):
+        real(self, text[:5], *args, **kwargs)
+        raise exc
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(type(exc) if isinstance(exc, KeyboardInterrupt) else graphprune.GraphpruneError):
+        gio.write_text_atomic(target, '{"a": 1}')
+    monkeypatch.undo()
+    assert target.read_text() == "previous"
+    assert sorted(os.listdir(tmp_path)) == ["r.json"]  # no temporary file left
+
+
+def test_html_report_and_plan_are_complete_files(case_folder, capsys):
+    corpus.save(case_folder, corpus.cnn_model())
+    rc, _, err = run_main(capsys, ["m.onnx", "--dry-run", "--save-plan", "p.json", "--report", "r.json", "-q"])
+    assert rc == 0, err
+    assert json.loads((case_folder / "p.json").read_text())["cuts"]
+    assert json.loads((case_folder / "r.json").read_text())["output"] is None
+    assert sorted(p.name for p in case_folder.iterdir()) == ["m.onnx", "p.json", "r.json"]
 
 
 # ---- nothing to prune ------------------------------------------------------------------------------------
