@@ -10,7 +10,7 @@ import onnx
 DEFAULT_DYNAMIC_DIM = 1
 
 
-def session(model: onnx.ModelProto, threads: int = 0):
+def session(model: onnx.ModelProto, threads: int = 0, arena: bool = True):
     """An ONNX Runtime CPU session on an in-memory model (of any size). Lazy (memory-mapped) weights are
     mapped by ORT itself from their folder, with weight prepacking off so that it keeps no second copy."""
     import onnxruntime as ort
@@ -23,6 +23,9 @@ def session(model: onnx.ModelProto, threads: int = 0):
     so.log_severity_level = 4  # failures raise; ORT's own error log would be a second stderr line
     if threads:
         so.intra_op_num_threads = threads
+    if not arena:  # temporaries go back to the system at once instead of growing a cached arena
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
     lazy = [t for t in model.graph.initializer if is_lazy(t)]
     folders = {os.path.dirname(_location(t)) for t in lazy}
     mapped = len(folders) == 1

@@ -123,7 +123,9 @@ def _reference_runs(original, masked, feeds):
     for t in saved:
         masked.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     try:
-        sess = runtime.session(masked)
+        # Masks on weights are multiplied at run time here (not folded into copies at session start): no
+        # arena, so each product's memory is returned as soon as its consumer ran.
+        sess = runtime.session(masked, arena=False)
     finally:
         del masked.graph.input[n_inputs:]
         masked.graph.initializer.extend(saved)
