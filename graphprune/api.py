@@ -168,7 +168,7 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
     elif not isinstance(model, (str, bytes, os.PathLike, onnx.ModelProto)):
         raise UsageError(f"model must be a path, an onnx.ModelProto or a torch.nn.Module, "
                          f"not {type(model).__name__}")
-    from graphprune.passes import allocation, rewrite, scoring, validate
+    from graphprune.passes import allocation, calibration, compensation, rewrite, scoring, validate
 
     if options is None:
         options = PruneOptions.from_kwargs(**kwargs)
@@ -192,11 +192,25 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
         analysis = _analyze(view, aopts)
     timings["analyze"] = time.perf_counter() - t
     fp = fingerprint(original)
+    calib = None
+    if options.calib is not None:
+        t = time.perf_counter()
+        calib = calibration.prepare(calibration.load(options.calib, m, options.calib_samples), m)
+        timings["calibration"] = time.perf_counter() - t
+    quality: dict = {}
+    if calib is not None:
+        quality["calibration"] = calib.describe()
     t = time.perf_counter()
+    estimates = None
     if plan is None:
-        scores = scoring.score(analysis, options.importance, options.seed)
-        plan = allocation.allocate_uniform(analysis, scores, options.ratio_for, fp, options.max_ratio,
-                                           options.round_to, options.to_dict())
+        scores, estimates = _score(m, analysis, options, calib, quality)
+        alloc = allocation.allocate(analysis, scores, fp, ratio=options.ratio, ratio_for=options.ratio_for,
+                                    target=options.target, global_pruning=options.global_pruning,
+                                    max_ratio=options.max_ratio, round_to=options.round_to,
+                                    min_keep=options.min_keep, normalize=options.normalize,
+                                    options=options.to_dict())
+        plan = alloc.plan
+        quality["allocation"] = alloc.info
     elif plan.fingerprint != fp:
         raise UsageError("the plan was made for a different model (fingerprint mismatch)")
     timings["score+allocate"] = time.perf_counter() - t
@@ -213,6 +227,37 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
             validation = validate.validate(pruned, m, analysis, removed, options.input_shapes,
                                            check_oracle=not hidden_cut, seed=options.seed)
     timings["validate"] = time.perf_counter() - t
+    mode = compensation.resolve(options.compensate, calib is not None)
+    if mode != "none" and len(removed):
+        t = time.perf_counter()
+        if calib is None and estimates is None:
+            estimates = scoring.batchnorm_estimates(analysis, _consumer_layers(m, analysis))
+        pruned, quality["compensation"] = compensation.compensate(
+            m, pruned, analysis, removed, calib, mode, options.ridge, estimates, options.seed)
+        timings["compensate"] = time.perf_counter() - t
+        if options.validate:
+            # The oracle proved the structural rewrite above; compensated weights differ from it by design,
+            # so the compensated model gets every other check (checker, shape inference, ONNX Runtime).
+            t = time.perf_counter()
+            checked = validate.validate(pruned, m, analysis, removed, options.input_shapes, check_oracle=False,
+                                        seed=options.seed)
+            checked.oracle_max_abs_diff = validation.oracle_max_abs_diff
+            checked.notes.append(f"oracle checked on the structural rewrite, before compensation ({mode})")
+            validation = checked
+            timings["validate"] += time.perf_counter() - t
+    fid = {}
+    if calib is not None or options.atol is not None or options.rtol is not None:
+        t = time.perf_counter()
+        if calib is not None:
+            feeds, held = (calib.held_out, True) if calib.held_out else (calib.train, False)
+        else:
+            from .runtime import synthetic_inputs
+
+            feeds, held = synthetic_inputs(m, options.input_shapes, seed=options.seed), False
+        fid = compensation.fidelity(m, pruned, feeds, options.atol, options.rtol, held, calib)
+        if calib is None:
+            fid["inputs"] = "synthetic"
+        timings["fidelity"] = time.perf_counter() - t
     # Count both on the same input shapes (--input-shape), or a dynamic model's before/after ratio is off.
     before = stats(m, view) if m is original else stats(original, GraphView(original, options.input_shapes))
     after = stats(pruned, GraphView(pruned, options.input_shapes))
@@ -228,8 +273,50 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
         options=options.to_dict(),
         timings={k: round(v, 4) for k, v in timings.items()},
         version=__version__,
+        quality=quality,
+        fidelity=fid,
     )
     return PruneResult(pruned, report, plan, analysis)
+
+
+def _consumer_layers(m: onnx.ModelProto, analysis: Analysis) -> dict:
+    """Linear layers that read a prunable group's channels (where statistics matter), by output name."""
+    from graphprune.passes.calibration import linear_layers
+
+    view = analysis.view
+    spaces = {s for g in analysis.prunable for s in g.spaces}
+    wanted = {view.nodes[r.node].output[0] for r in analysis.roles
+              if r.kind == "consumer" and r.weight and r.space in spaces}
+    shapes = {n.input[0]: view.shape(n.input[0]) for n in view.nodes if n.input and n.output[0] in wanted}
+    return {y: layer for y, layer in linear_layers(m, shapes).items() if y in wanted}
+
+
+def _score(m: onnx.ModelProto, analysis: Analysis, options: PruneOptions, calib, quality: dict):
+    """Scores per group, with calibration statistics or BatchNorm estimates where the score reads them."""
+    from graphprune.passes import calibration, scoring
+
+    importance = options.importance
+    stats = estimates = None
+    if importance in scoring.DATA_AWARE or importance == "auto":
+        layers = _consumer_layers(m, analysis)
+        if calib is not None and layers:
+            resolved = scoring.resolve(importance, True, False)
+            gram = set(layers) if resolved == "reconstruction" else set()
+            shapes = {layer.x: analysis.view.shape(layer.x) for layer in layers.values()}
+            stats = calibration.collect(m, layers, calib, gram, shapes, options.seed)
+        elif layers:
+            estimates = scoring.batchnorm_estimates(analysis, layers) or None
+        if importance != "auto" and not (stats or estimates):
+            raise UsageError(f"--importance {importance} needs calibration data (--calib)"
+                             + ("" if layers else ": no prunable channel is read by a Conv/Gemm/MatMul"))
+    info: dict = {}
+    scores = scoring.score(analysis, importance, options.seed, stats or estimates, options.reduction, info)
+    if estimates and not stats:
+        info["statistics"] = "BatchNorm estimates"
+    elif stats:
+        info["statistics"] = "calibration"
+    quality["scoring"] = info
+    return scores, estimates
 
 
 def removed_fraction(result: PruneResult) -> float:

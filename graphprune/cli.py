@@ -48,7 +48,26 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-ratio", type=float, default=None, help="fraction of attention heads to remove (default: --ratio)")
     p.add_argument("--mlp-ratio", type=float, default=None, help="fraction of MLP neurons to remove (default: --ratio)")
     p.add_argument("--max-ratio", type=float, default=None, help="never remove more than this fraction of a group")
-    p.add_argument("--importance", default="l2", help="l2 (group magnitude, default), l1 or random")
+    p.add_argument("--importance", default="auto",
+                   help="auto (default: reconstruction with --calib, BatchNorm-aware fluctuation without it when "
+                   "the model has BatchNorm, else l2), l2, l1, random, dead, wanda, fluctuation, reconstruction")
+    p.add_argument("--reduction", default="mean", help="how a channel's scores over layers combine: mean, sum, max")
+    p.add_argument("--normalize", default="mean",
+                   help="per-group score normalisation for --global: mean, lamp, zscore, none")
+    p.add_argument("--global", dest="global_pruning", action="store_true",
+                   help="rank channels of all groups together instead of cutting each group by --ratio")
+    p.add_argument("--target", default="channels",
+                   help="what --ratio removes: channels (default), params or macs (of the whole model)")
+    p.add_argument("--min-keep", type=int, default=1, metavar="N", help="keep at least N channels in every group")
+    p.add_argument("--calib", metavar="NPZ", help="calibration samples: .npz of arrays keyed by input name, "
+                   "samples on axis 0")
+    p.add_argument("--calib-samples", type=int, default=None, metavar="N",
+                   help="calibration samples to use (default 256; the rest, up to 256, are held out)")
+    p.add_argument("--compensate", default="auto",
+                   help="none, bias, lstsq or all (default: all with --calib, else none)")
+    p.add_argument("--ridge", type=float, default=1e-3, help="least-squares regularisation (relative)")
+    p.add_argument("--atol", type=float, default=None, help="fidelity check: absolute output tolerance")
+    p.add_argument("--rtol", type=float, default=None, help="fidelity check: relative output tolerance")
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
     p.add_argument("--save-plan", metavar="PATH", help="write the plan (which channels were cut) as JSON")
     p.add_argument("--plan", metavar="PATH", help="apply a saved plan instead of scoring")
@@ -140,6 +159,9 @@ def _options(args) -> PruneOptions:
         ratio=args.ratio, head_ratio=args.head_ratio, mlp_ratio=args.mlp_ratio, max_ratio=args.max_ratio, round_to=args.round_to, exclude=tuple(args.exclude),
         importance=args.importance, input_shapes=parse_input_shapes(args.input_shape), seed=args.seed,
         validate=not args.no_validate, prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden,
+        calib=args.calib, calib_samples=args.calib_samples, reduction=args.reduction, normalize=args.normalize,
+        global_pruning=args.global_pruning, target=args.target, min_keep=args.min_keep,
+        compensate=args.compensate, ridge=args.ridge, atol=args.atol, rtol=args.rtol,
     ).check()
 
 
@@ -186,8 +208,9 @@ def _prune(args) -> int:
     report["input"] = os.fspath(args.model)
     if not result.analysis.prunable:
         return _nothing_to_prune(args, result, report)
-    report["output"] = None if args.dry_run else os.fspath(out)
-    if not args.dry_run:
+    failed = result.report.fidelity.get("passed") is False
+    report["output"] = None if args.dry_run or failed else os.fspath(out)
+    if not args.dry_run and not failed:
         with progress.file_step(f"saving {out.name}", result.report.after.size_bytes):
             save_model(result.model, out)
     if args.save_plan:
@@ -198,6 +221,9 @@ def _prune(args) -> int:
         print(json.dumps(report, indent=1, default=str))
     elif not args.quiet:
         print_prune(result, report)
+    if failed:
+        raise GraphpruneError(f"fidelity check FAILED (--atol {opts.atol}, --rtol {opts.rtol}); "
+                              "no model written")
     return 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
 
 from .errors import UsageError
 
@@ -16,12 +19,24 @@ class PruneOptions:
     max_ratio: float | None = None
     round_to: int = 1
     exclude: tuple[str, ...] = ()
-    importance: str = "l2"
+    importance: str = "auto"  # l2 without calibration data or BatchNorm, see passes/scoring.py
     input_shapes: dict = field(default_factory=dict)
     seed: int = 0
     validate: bool = True
     prune_head_dim: bool = False
     prune_hidden: bool = False
+    # Post-training quality (passes/calibration.py, scoring.py, allocation.py, compensation.py).
+    calib: object = None  # .npz path, dict of arrays keyed by input name, or an iterable of feed dicts
+    calib_samples: int | None = None
+    reduction: str = "mean"  # how a unit's consumers/slices combine: mean, sum, max
+    normalize: str = "mean"  # per-group score normalisation for global ranking: mean, lamp, zscore, none
+    global_pruning: bool = False
+    target: str = "channels"  # what --ratio measures: channels, params, macs
+    min_keep: int = 1  # units kept in every group at least
+    compensate: str = "auto"  # none, bias, lstsq, all (auto: all with calibration data, else none)
+    ridge: float = 1e-3
+    atol: float | None = None
+    rtol: float | None = None
 
     def check(self) -> PruneOptions:
         # The API passes Python values straight in: a wrong type must be a UsageError, not a TypeError deep
@@ -30,14 +45,16 @@ class PruneOptions:
             self.exclude = (self.exclude,)
         if not all(isinstance(p, str) for p in self.exclude):
             raise UsageError(f"exclude must be glob strings, got {list(self.exclude)!r}")
-        for name in ("ratio", "head_ratio", "mlp_ratio", "max_ratio"):
+        for name in ("ratio", "head_ratio", "mlp_ratio", "max_ratio", "ridge", "atol", "rtol"):
             v = getattr(self, name)
             if v is not None:
                 if isinstance(v, bool) or not isinstance(v, numbers.Real):
                     raise UsageError(f"{name} must be a number, got {v!r}")
                 setattr(self, name, float(v))
-        for name in ("round_to", "seed"):
+        for name in ("round_to", "seed", "min_keep", "calib_samples"):
             v = getattr(self, name)
+            if v is None and name == "calib_samples":
+                continue
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise UsageError(f"{name} must be an integer, got {v!r}")
             setattr(self, name, int(v))
@@ -55,8 +72,41 @@ class PruneOptions:
 
         if self.importance not in IMPORTANCES:
             raise UsageError(f"--importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
+        self._check_quality()
         self.exclude = tuple(self.exclude)
         return self
+
+    def _check_quality(self) -> None:
+        from graphprune.passes.allocation import TARGETS
+        from graphprune.passes.compensation import MODES
+        from graphprune.passes.scoring import NORMALIZATIONS, REDUCTIONS
+
+        for name, allowed in (("reduction", REDUCTIONS), ("normalize", NORMALIZATIONS), ("target", TARGETS),
+                              ("compensate", MODES)):
+            v = getattr(self, name)
+            if v not in allowed:
+                raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {v!r}")
+        if not isinstance(self.global_pruning, (bool, np.bool_)):
+            raise UsageError(f"global_pruning must be True or False, got {self.global_pruning!r}")
+        self.global_pruning = bool(self.global_pruning)
+        if self.min_keep < 1:
+            raise UsageError(f"--min-keep must be a positive integer, got {self.min_keep}")
+        if self.calib_samples is not None and self.calib_samples < 1:
+            raise UsageError(f"--calib-samples must be a positive integer, got {self.calib_samples}")
+        if self.calib_samples is not None and self.calib is None:
+            raise UsageError("--calib-samples needs calibration data (--calib)")
+        if self.ridge < 0:
+            raise UsageError(f"--ridge must be >= 0, got {self.ridge}")
+        for name in ("atol", "rtol"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise UsageError(f"--{name} must be >= 0, got {v}")
+        if self.target != "channels" and (self.head_ratio is not None or self.mlp_ratio is not None):
+            raise UsageError("--head-ratio/--mlp-ratio only apply with --target channels")
+        if self.global_pruning and (self.head_ratio is not None or self.mlp_ratio is not None):
+            raise UsageError("--head-ratio/--mlp-ratio only apply to uniform allocation (not --global)")
+        if isinstance(self.calib, os.PathLike):
+            self.calib = os.fspath(self.calib)
 
     def ratio_for(self, kind: str) -> float:
         """The ratio a group of this kind gets: --head-ratio / --mlp-ratio where given, else --ratio."""
@@ -67,8 +117,14 @@ class PruneOptions:
         return self.ratio
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        calib = self.calib
+        self.calib = None  # asdict would deep-copy (and a report would embed) the calibration arrays
+        try:
+            d = asdict(self)
+        finally:
+            self.calib = calib
         d["exclude"] = list(self.exclude)
+        d["calib"] = calib if calib is None or isinstance(calib, str) else f"<{type(calib).__name__}>"
         return d
 
     @classmethod

@@ -104,7 +104,50 @@ def print_prune(result, report: dict, console: Console | None = None) -> None:
         if v.get("output_cosine") is not None:
             extra += f", output cosine vs original {v['output_cosine']:.4f}"
         console.print(f"validation {status}: checker, shape inference, ONNX Runtime{extra}")
+    print_quality(rep, console)
     if report.get("output"):
         console.print(f"wrote {report['output']}")
+    elif rep.fidelity.get("passed") is False:
+        console.print("fidelity check FAILED: nothing written")
     else:
         console.print("dry run: nothing written")
+
+
+def print_quality(rep, console: Console) -> None:
+    """Scores, allocation and compensation used, and the fidelity table (pruned vs original outputs)."""
+    q = rep.quality or {}
+    parts = []
+    if q.get("calibration"):
+        c = q["calibration"]
+        parts.append(f"calibration: {c['samples']} samples ({c['held_out']} held out)")
+    if q.get("scoring"):
+        s = q["scoring"]
+        stat = f" from {s['statistics']}" if s.get("statistics") else ""
+        fb = f", magnitude for {len(s['magnitude_fallback'])} groups" if s.get("magnitude_fallback") else ""
+        parts.append(f"scores: {s.get('importance')}{stat}{fb}")
+    a = q.get("allocation")
+    if a and (a.get("mode") == "global" or a.get("target") != "channels"):
+        parts.append(f"allocation: {a['mode']}, {a['target']} removed {a.get('achieved', 0):.1%} "
+                     f"(asked {a['ratio']:.1%})")
+    if q.get("compensation"):
+        c = q["compensation"]
+        parts.append(f"compensation: {c['mode']}, {len(c.get('layers', {}))} layers re-fit")
+    for p in parts:
+        console.print(p)
+    if a and a.get("note"):
+        console.print(f"  note: {a['note']}")
+    f = rep.fidelity
+    if not f:
+        return
+    where = "held-out calibration samples" if f.get("held_out") else (
+        "synthetic inputs" if f.get("inputs") == "synthetic" else "calibration samples (none held out)")
+    t = Table(title=f"fidelity on {f['samples']} {where}")
+    for col in ("output", "cosine", "rel. error", "max abs diff", "top-1 agreement"):
+        t.add_column(col, justify="right")
+    for name, row in f["outputs"].items():
+        top1 = f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "-"
+        t.add_row(name, f"{row['cosine']:.4f}", f"{row['relative_error']:.4f}", f"{row['max_abs_diff']:.3g}", top1)
+    console.print(t)
+    if "passed" in f:
+        verdict = "[green]PASSED[/green]" if f["passed"] else "[red]FAILED[/red]"
+        console.print(f"fidelity {verdict} (atol {f.get('atol')}, rtol {f.get('rtol')})")

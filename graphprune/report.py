@@ -88,6 +88,8 @@ class Report:
     options: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     version: str = ""
+    quality: dict = field(default_factory=dict)  # calibration, scoring, allocation, compensation details
+    fidelity: dict = field(default_factory=dict)  # pruned vs original outputs on held-out samples
 
     def ratio(self, attr: str) -> float:
         b = getattr(self.before, attr)

@@ -1,20 +1,31 @@
 """Allocation pass: how many units each group loses, and which (the lowest scored).
 
 Uniform allocation removes the fraction `ratio` of every prunable group (the Torch-Pruning convention),
-capped by `max_ratio`, keeping at least one unit and, with `round_to`, a kept channel count that is a
-multiple of it where the group is large enough.
+capped by `max_ratio`, keeping at least `min_keep` units and, with `round_to`, a kept channel count that is
+a multiple of it where the group is large enough. Global allocation ranks the units of all groups together
+on normalised scores and removes the lowest, under the same per-group limits.
+
+The target says what `ratio` measures: `channels` (units, per group when uniform, over all groups when
+global), or `params` / `macs`: the fraction of the whole model's parameters or multiply-accumulates to
+remove. For those, the cut is searched (a common per-group ratio, or the length of the global ranking's
+prefix; the closest to the target the channel granularity allows) with an exact cost model: every MAC-counting node and every weight scales with the kept fraction of
+each of its channel axes.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from graphprune.plan import GroupCut, Plan
 
+TARGETS = ("channels", "params", "macs")
 
-def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, channels_per_unit: int) -> int:
+
+def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, channels_per_unit: int,
+               min_keep: int = 1) -> int:
     """Units to keep in a group of n units."""
     r = min(ratio, max_ratio) if max_ratio is not None else ratio
     keep = n - int(math.floor(n * r + 1e-9))
@@ -30,23 +41,210 @@ def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, cha
                 if keep < floor_keep:
                     keep = -(-floor_keep // q) * q
                     keep = n if keep > n else keep
-    return max(1, min(n, keep))
+    return max(1, min(n, max(keep, min(min_keep, n))))
 
 
 def allocate_uniform(analysis, scores: dict[str, np.ndarray], ratio, fingerprint: str,
-                     max_ratio: float | None = None, round_to: int = 1, options: dict | None = None) -> Plan:
+                     max_ratio: float | None = None, round_to: int = 1, options: dict | None = None,
+                     min_keep: int = 1) -> Plan:
     """`ratio` is a number, or a function of the group kind ("head", "mlp", "channel", "hidden")."""
     plan = Plan(fingerprint, options=dict(options or {}))
     ratio_of = ratio if callable(ratio) else (lambda kind: ratio)
     for g in analysis.prunable:
-        multiple = 1 if g.kind == "head" else g.round_multiple
-        rt = 1 if g.kind == "head" else round_to  # whole heads: --round-to is about channel counts
-        keep = kept_count(g.size, ratio_of(g.kind), max_ratio, rt, multiple)
-        n_remove = g.size - keep
-        if n_remove <= 0:
-            continue
-        s = scores[g.key]
-        order = np.argsort(s, kind="stable")
-        removed = sorted(int(i) for i in order[:n_remove])
-        plan.cuts[g.key] = GroupCut(g.key, g.size, removed)
+        keep = _uniform_keep(g, ratio_of(g.kind), max_ratio, round_to, min_keep)
+        _cut(plan, g, scores[g.key], g.size - keep)
     return plan
+
+
+def _uniform_keep(g, ratio, max_ratio, round_to, min_keep) -> int:
+    multiple = 1 if g.kind == "head" else g.round_multiple
+    rt = 1 if g.kind == "head" else round_to  # whole heads: --round-to is about channel counts
+    return kept_count(g.size, ratio, max_ratio, rt, multiple, min_keep)
+
+
+def _cut(plan: Plan, g, s: np.ndarray, n_remove: int) -> None:
+    if n_remove <= 0:
+        return
+    order = np.argsort(s, kind="stable")
+    plan.cuts[g.key] = GroupCut(g.key, g.size, sorted(int(i) for i in order[:n_remove]))
+
+
+# ---- cost model ------------------------------------------------------------------------------------
+class CostModel:
+    """Parameters or MACs of the model as a function of the removed units (exact for the rewrite: each
+    term is its original cost times the kept fraction of every channel axis it depends on)."""
+
+    def __init__(self, analysis, what: str):
+        from graphprune.report import node_macs
+
+        self.analysis = analysis
+        view = analysis.view
+        self.terms: list[tuple[float, list[np.ndarray]]] = []
+        if what == "macs":
+            for i, node in enumerate(view.nodes):
+                base = node_macs(view, i)
+                if base:
+                    self.terms.append((float(base), self._roots(self._mac_axes(node))))
+        else:
+            for name in view.initializers:
+                if name in view.input_names:
+                    continue
+                t = view.initializers[name]
+                base = float(np.prod(t.dims)) if len(t.dims) else 1.0
+                self.terms.append((base, self._roots([(name, ax) for ax in range(len(t.dims))])))
+            for node in view.nodes:
+                if node.op_type == "Constant":
+                    v = view.const_value_of_constant_node(node)
+                    if v is not None and v.size > 1 and np.issubdtype(v.dtype, np.floating):
+                        self.terms.append((float(v.size), self._roots([(node.output[0], ax)
+                                                                        for ax in range(v.ndim)])))
+        self.total = sum(b for b, _ in self.terms)
+
+    def _mac_axes(self, node) -> list[tuple[str, int]]:
+        view = self.analysis.view
+        op = node.op_type
+        y = node.output[0]
+        out = [(y, ax) for ax in range(len(view.shape(y) or []))]
+        if op == "Conv":
+            return out + [(node.input[1], 1)]
+        if op == "ConvTranspose":
+            x = node.input[0]
+            return [(x, ax) for ax in range(len(view.shape(x) or []))] + [(node.input[1], 1)]
+        a = node.input[0]
+        ra = len(view.shape(a) or [])
+        if op == "Gemm":
+            return out + [(a, 0 if view.attr(node, "transA", 0) else 1)]
+        return out + [(a, ra - 1)] if ra else out
+
+    def _roots(self, axes) -> list[np.ndarray]:
+        out = []
+        for t, ax in axes:
+            sp = self.analysis.spaces.get(t, ax)
+            if sp is not None:
+                out.append(self.analysis.roots[sp.offset:sp.offset + sp.size])
+        return out
+
+    def removed_fraction(self, removed: np.ndarray) -> float:
+        """`removed`: boolean mask over element/root ids."""
+        if not self.total:
+            return 0.0
+        kept = 0.0
+        for base, spaces in self.terms:
+            f = base
+            for r in spaces:
+                f *= float(np.mean(~removed[r]))
+            kept += f
+        return 1.0 - kept / self.total
+
+
+def _unit_cost(analysis, removed_units: list[np.ndarray]) -> np.ndarray:
+    mask = np.zeros(len(analysis.roots) + 1, dtype=bool)
+    for u in removed_units:
+        mask[u] = True
+    return mask
+
+
+@dataclass
+class Allocation:
+    plan: Plan
+    info: dict
+
+
+def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio: float, ratio_for=None,
+             target: str = "channels", global_pruning: bool = False, max_ratio: float | None = None,
+             round_to: int = 1, min_keep: int = 1, normalize: str = "mean", options: dict | None = None
+             ) -> Allocation:
+    """Plan a cut; `ratio_for(kind)` gives per-kind ratios for uniform channel allocation."""
+    from graphprune.passes.scoring import normalize as norm
+
+    groups = analysis.prunable
+    info = {"mode": "global" if global_pruning else "uniform", "target": target, "ratio": ratio}
+    if not global_pruning and target == "channels":
+        plan = allocate_uniform(analysis, scores, ratio_for or ratio, fingerprint, max_ratio, round_to,
+                                options, min_keep)
+        info["achieved"] = _achieved(analysis, plan, "channels")
+        return Allocation(plan, info)
+    cost = CostModel(analysis, target) if target != "channels" else None
+    total_units = sum(g.size for g in groups) or 1
+
+    def removed_of(plan: Plan) -> float:
+        if cost is None:
+            return plan.n_removed / total_units
+        mask = _unit_cost(analysis, [g.units[np.asarray(plan.cuts[g.key].removed, dtype=np.int64)]
+                                     for g in groups if g.key in plan.cuts])
+        return cost.removed_fraction(mask)
+
+    if not global_pruning:
+        def make(r: float) -> Plan:
+            return allocate_uniform(analysis, scores, r, fingerprint, max_ratio, round_to, options, min_keep)
+
+        lo, hi = 0.0, 0.999
+        if removed_of(make(hi)) >= ratio:
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                if removed_of(make(mid)) >= ratio:
+                    hi = mid
+                else:
+                    lo = mid
+        plan = _closest(make(lo), make(hi), removed_of, ratio)
+        info["group_ratio"] = round(hi, 4)
+    else:
+        normed = {g.key: norm(scores[g.key], normalize) for g in groups}
+        order_in = {g.key: np.argsort(normed[g.key], kind="stable") for g in groups}
+        limit = {g.key: g.size - _uniform_keep(g, max_ratio if max_ratio is not None else 1.0, max_ratio,
+                                               1, min_keep) for g in groups}
+        flat_s = np.concatenate([normed[g.key] for g in groups]) if groups else np.zeros(0)
+        flat_g = np.concatenate([np.full(g.size, i) for i, g in enumerate(groups)]) if groups else np.zeros(0, int)
+        rank = np.argsort(flat_s, kind="stable")
+        ranked_groups = flat_g[rank]
+
+        def make(k: int) -> Plan:
+            counts = np.bincount(ranked_groups[:k], minlength=len(groups))
+            plan = Plan(fingerprint, options=dict(options or {}))
+            for i, g in enumerate(groups):
+                n_rm = min(int(counts[i]), limit[g.key])
+                n_rm = _round_removal(g, n_rm, round_to, limit[g.key])
+                if n_rm > 0:
+                    plan.cuts[g.key] = GroupCut(g.key, g.size, sorted(int(j) for j in order_in[g.key][:n_rm]))
+            return plan
+
+        lo, hi = 0, len(rank)
+        if removed_of(make(hi)) < ratio:
+            lo = hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if removed_of(make(mid)) >= ratio:
+                hi = mid
+            else:
+                lo = mid + 1
+        plan = _closest(make(max(lo - 1, 0)), make(lo), removed_of, ratio)
+        info["normalize"] = normalize
+    achieved = removed_of(plan)
+    info["achieved"] = round(achieved, 4)
+    if achieved + 1e-3 < ratio:
+        info["note"] = (f"target not reachable: at most {achieved:.1%} of the {target} can be removed "
+                        "with these limits (frozen groups, --max-ratio, --min-keep)")
+    return Allocation(plan, info)
+
+
+def _closest(below: Plan, above: Plan, removed_of, ratio: float) -> Plan:
+    """Of the cuts just below and just at or above the target, the one closer to it (channels are
+    removed whole, so a target is met as closely as the channel granularity allows)."""
+    return below if abs(removed_of(below) - ratio) < abs(removed_of(above) - ratio) else above
+
+
+def _round_removal(g, n_rm: int, round_to: int, limit: int) -> int:
+    """Round the kept count up to a multiple of round_to (in channels) where the group allows it."""
+    if round_to <= 1 or n_rm <= 0 or g.kind == "head":
+        return n_rm
+    q = round_to // math.gcd(round_to, g.round_multiple)
+    if q <= 1 or g.size < q:
+        return n_rm
+    keep = g.size - n_rm
+    keep = min(g.size, -(-keep // q) * q)
+    return max(0, min(limit, g.size - keep))
+
+
+def _achieved(analysis, plan: Plan, target: str) -> float:
+    total = sum(g.size for g in analysis.prunable) or 1
+    return round(plan.n_removed / total, 4)

@@ -1,8 +1,19 @@
 """Scoring pass: an importance per unit of every prunable group (higher = keep).
 
-Magnitude scores follow Torch-Pruning's group magnitude: each weight slice that produces or consumes the
-group's channels gives a per-channel |w|^p sum, scattered back onto units through the element->unit map,
-and the group score is the mean over slices.
+Magnitude scores (l1, l2) follow Torch-Pruning's group magnitude: each weight slice that produces or
+consumes the group's channels gives a per-channel |w|^p sum, scattered back onto units through the
+element -> unit map and reduced over slices. Data-aware scores look at the consumers (the layers that read
+the group's channels) and what they read, from calibration statistics or, without data, from the
+BatchNorm statistics in front of them:
+
+- dead: the fraction of values that are non-zero (dead channels go first; magnitude breaks ties),
+- wanda: sum |W| over the weights reading the channel times the channel's RMS (Wanda, structured),
+- fluctuation: the channel's variance times ||W||^2 (FLAP: the part a bias cannot compensate),
+- reconstruction: the consumer's output error when the channel is removed and the remaining weights and
+  bias are re-fit (OBS on the input Gram matrix), relative to the consumer's output energy.
+
+Per unit, the consumers' (or slices') values are reduced by sum, mean or max. `normalize` rescales a
+group's scores (mean, LAMP, z-score) so global allocation can rank units of different groups together.
 """
 
 from __future__ import annotations
@@ -11,20 +22,95 @@ import numpy as np
 
 from graphprune.errors import UsageError
 
-IMPORTANCES = ("l2", "l1", "random")
+IMPORTANCES = ("auto", "l2", "l1", "random", "dead", "wanda", "fluctuation", "reconstruction")
+DATA_AWARE = ("dead", "wanda", "fluctuation", "reconstruction")
+REDUCTIONS = ("mean", "sum", "max")
+NORMALIZATIONS = ("mean", "lamp", "zscore", "none")
+DAMPING = 1e-2  # ridge of the OBS inverse, relative to the mean diagonal of the Gram matrix
 
 
-def score(analysis, importance: str = "l2", seed: int = 0) -> dict[str, np.ndarray]:
-    """Scores per group key, aligned with `group.units`."""
+def resolve(importance: str, have_data: bool, have_estimates: bool) -> str:
+    """The score `auto` stands for: reconstruction with calibration data, fluctuation from BatchNorm
+    statistics without it, else L2 magnitude."""
+    if importance != "auto":
+        return importance
+    if have_data:
+        return "reconstruction"
+    return "fluctuation" if have_estimates else "l2"
+
+
+def score(analysis, importance: str = "l2", seed: int = 0, stats: dict | None = None,
+          reduction: str = "mean", info: dict | None = None) -> dict[str, np.ndarray]:
+    """Scores per group key, aligned with `group.units`. `stats` maps a linear layer's output name to its
+    calibration.InputStats (needed by the data-aware scores). `info`, when given, receives what was used."""
     if importance not in IMPORTANCES:
         raise UsageError(f"unknown importance '{importance}' (choose from {', '.join(IMPORTANCES)})")
+    if reduction not in REDUCTIONS:
+        raise UsageError(f"unknown reduction '{reduction}' (choose from {', '.join(REDUCTIONS)})")
+    info = info if info is not None else {}
     groups = analysis.prunable
+    if importance == "auto":
+        importance = resolve(importance, bool(stats) and not _estimated(stats), bool(stats))
+    info["importance"] = importance
     if importance == "random":
         rng = np.random.default_rng(seed)
         return {g.key: rng.random(g.size) for g in groups}
-    p = 2 if importance == "l2" else 1
-    root_score = np.zeros(len(analysis.roots), dtype=np.float64)
-    root_slices = np.zeros(len(analysis.roots), dtype=np.float64)
+    magnitude = _magnitude(analysis, 1 if importance == "l1" else 2, reduction)
+    if importance in ("l1", "l2"):
+        return magnitude
+    if not stats:
+        raise UsageError(f"--importance {importance} needs calibration data (--calib) or BatchNorm "
+                         "statistics in the model")
+    per_consumer = _consumer_scores(analysis, importance, stats)
+    consumers = _consumers_by_space(analysis)
+    out, fallback = {}, []
+    for g in groups:
+        cons = list(dict.fromkeys(y for sp in g.spaces for y in consumers.get(sp, ())))
+        if not cons or any(c not in per_consumer for c in cons):
+            out[g.key] = magnitude[g.key]
+            fallback.append(g.key)
+            continue
+        looked = [_lookup(per_consumer[c], g.units) for c in cons]
+        out[g.key] = _reduce([v for v, _ in looked], [n for _, n in looked], reduction)
+    info["magnitude_fallback"] = fallback
+    return out
+
+
+def _lookup(entry, units: np.ndarray):
+    """Values and counts of a sparse per-root table (sorted roots) at the given units (0 where absent)."""
+    u, v, c = entry
+    if len(u) == 0:
+        return np.zeros(len(units)), np.zeros(len(units))
+    idx = np.clip(np.searchsorted(u, units), 0, len(u) - 1)
+    hit = u[idx] == units
+    return np.where(hit, v[idx], 0.0), np.where(hit, c[idx], 0.0)
+
+
+def _estimated(stats: dict) -> bool:
+    return all(s.estimated for s in stats.values())
+
+
+def _reduce(vals, touched, reduction):
+    v = np.stack(vals)
+    t = np.stack(touched) > 0
+    if reduction == "sum":
+        return v.sum(axis=0)
+    if reduction == "max":
+        return np.where(t, v, -np.inf).max(axis=0)
+    return v.sum(axis=0) / np.maximum(t.sum(axis=0), 1)
+
+
+def _per_root(roots: np.ndarray, values: np.ndarray):
+    """Sparse sums per root: (sorted unique roots, sums, counts)."""
+    u, inv = np.unique(roots, return_inverse=True)
+    return u, np.bincount(inv, weights=values, minlength=len(u)), np.bincount(inv, minlength=len(u)).astype(float)
+
+
+def _magnitude(analysis, p: int, reduction: str) -> dict[str, np.ndarray]:
+    n = len(analysis.roots)
+    root_score = np.zeros(n, dtype=np.float64)
+    root_slices = np.zeros(n, dtype=np.float64)
+    root_max = np.full(n, -np.inf)
     view = analysis.view
     seen = set()
     for role in analysis.roles:
@@ -41,11 +127,190 @@ def score(analysis, importance: str = "l2", seed: int = 0) -> dict[str, np.ndarr
             continue
         w = np.abs(np.moveaxis(w.astype(np.float64), role.axis, 0).reshape(sp.size, -1))
         per_elem = (w ** p).sum(axis=1)
-        roots = analysis.roots[sp.offset:sp.offset + sp.size]
-        np.add.at(root_score, roots, per_elem)
-        np.add.at(root_slices, np.unique(roots), 1.0)
+        u, sums, _ = _per_root(analysis.roots[sp.offset:sp.offset + sp.size], per_elem)
+        root_score[u] += sums
+        root_slices[u] += 1.0
+        root_max[u] = np.maximum(root_max[u], sums)
     out = {}
-    for g in groups:
-        s = root_score[g.units] / np.maximum(root_slices[g.units], 1.0)
-        out[g.key] = s
+    for g in analysis.prunable:
+        if reduction == "sum":
+            out[g.key] = root_score[g.units]
+        elif reduction == "max":
+            out[g.key] = np.where(np.isfinite(root_max[g.units]), root_max[g.units], 0.0)
+        else:
+            out[g.key] = root_score[g.units] / np.maximum(root_slices[g.units], 1.0)
     return out
+
+
+def _consumers_by_space(analysis) -> dict[int, list[str]]:
+    """Space id -> output names of the linear layers whose weights read it (consumers)."""
+    view = analysis.view
+    out: dict[int, list[str]] = {}
+    for role in analysis.roles:
+        if role.kind == "consumer" and role.weight:
+            y = view.nodes[role.node].output[0]
+            lst = out.setdefault(role.space, [])
+            if y not in lst:
+                lst.append(y)
+    return out
+
+
+def channel_weights(layer, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per input channel of a linear layer: sum |w| and sum w^2 over the weights that read it."""
+    m = np.abs(layer.wmat(w.astype(np.float64)))  # [G, d, o]
+    g, d, _ = m.shape
+    k = layer.taps
+    a = m.reshape(g, d // k, k, -1)
+    return a.sum(axis=(2, 3)).reshape(-1), np.square(a).sum(axis=(2, 3)).reshape(-1)
+
+
+def _consumer_scores(analysis, importance: str, stats: dict) -> dict[str, tuple]:
+    """Per consumer layer (output name): per unit root it reads, the score and how many of the layer's
+    channels fed the root, as a sparse table (sorted roots, scores, counts)."""
+    view = analysis.view
+    out = {}
+    for y, st in stats.items():
+        layer = st.layer
+        sp = analysis.spaces.get(layer.x, layer.x_axis)
+        w = view.const_value(layer.w)
+        if sp is None or w is None or st.sum is None or len(st.sum) != sp.size:
+            continue
+        wabs, wsq = channel_weights(layer, w)
+        if len(wabs) != sp.size:
+            continue
+        if importance == "wanda":
+            s = wabs * np.sqrt(st.meansq)
+        elif importance == "fluctuation":
+            s = wsq * st.var
+        elif importance == "dead":
+            tie = wsq / (wsq.max() + 1e-30)
+            s = (1.0 - st.dead_rate) + 1e-6 * tie
+        else:
+            s = _obs(layer, w, st)
+            if s is None:  # no Gram (too wide, or estimated statistics): the diagonal approximation
+                energy = float((wsq * st.meansq).sum()) or 1.0
+                s = wsq * st.var / energy
+        out[y] = _per_root(analysis.roots[sp.offset:sp.offset + sp.size], s)
+    return out
+
+
+def augmented_gram(st, damping: float = DAMPING) -> np.ndarray:
+    """[G, d+1, d+1] mean Gram of the rows with a trailing ones column (the bias), ridge-damped."""
+    r = max(st.rows, 1)
+    g, d, _ = st.gram.shape
+    h = np.zeros((g, d + 1, d + 1))
+    h[:, :d, :d] = st.gram / r
+    h[:, :d, d] = h[:, d, :d] = st.rsum / r
+    h[:, d, d] = 1.0
+    diag = np.einsum("gii->gi", h[:, :d, :d])
+    lam = damping * np.maximum(diag.mean(axis=1), 1e-12)
+    h[:, np.arange(d), np.arange(d)] += lam[:, None]
+    return h
+
+
+def _obs(layer, w: np.ndarray, st) -> np.ndarray | None:
+    """Per input channel: the least output error of the layer without it, the other weights and the bias
+    re-fit (block OBS: tr(W_B^T (H^-1_BB)^-1 W_B)), over the layer's output energy."""
+    if st.gram is None:
+        return None
+    m = layer.wmat(w.astype(np.float64))  # [G, d, o]
+    g, d, o = m.shape
+    k = layer.taps
+    h = augmented_gram(st)
+    try:
+        hinv = np.linalg.inv(h)[:, :d, :d]
+    except np.linalg.LinAlgError:
+        return None
+    c = d // k
+    blocks = hinv.reshape(g, c, k, c, k)[:, np.arange(c), :, np.arange(c), :]  # [c, g, k, k]
+    blocks = np.moveaxis(blocks, 0, 1)  # [g, c, k, k]
+    try:
+        binv = np.linalg.inv(blocks)
+    except np.linalg.LinAlgError:
+        binv = np.linalg.pinv(blocks)
+    wb = m.reshape(g, c, k, o)
+    err = np.einsum("gcko,gckl,gclo->gc", wb, binv, wb, optimize=True)
+    energy = float(np.einsum("gdo,gde,geo->", m, h[:, :d, :d], m, optimize=True)) or 1.0
+    return np.maximum(err, 0.0).reshape(-1) / energy
+
+
+# ---- normalisation ---------------------------------------------------------------------------------
+def normalize(s: np.ndarray, method: str) -> np.ndarray:
+    """Rescale one group's scores so groups compare: mean (s / mean), LAMP (s_i over the sum of the scores
+    not below it), z-score, or none."""
+    s = np.asarray(s, dtype=np.float64)
+    if method == "none" or len(s) == 0:
+        return s
+    if method == "mean":
+        m = float(np.mean(np.abs(s)))
+        return s / m if m > 0 else s
+    if method == "zscore":
+        sd = float(np.std(s))
+        return (s - s.mean()) / sd if sd > 0 else s - s.mean()
+    if method == "lamp":
+        order = np.argsort(s, kind="stable")
+        srt = s[order]
+        tail = np.cumsum(srt[::-1])[::-1]
+        out = np.empty_like(s)
+        out[order] = np.where(tail > 0, srt / np.where(tail > 0, tail, 1.0), 0.0)
+        return out
+    raise UsageError(f"unknown normalisation '{method}' (choose from {', '.join(NORMALIZATIONS)})")
+
+
+# ---- data-free estimates from BatchNorm ------------------------------------------------------------
+_PASS = {"Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+_RECTIFY = {"Relu", "Clip"}
+
+
+def batchnorm_estimates(analysis, layers: dict) -> dict:
+    """InputStats estimated from BatchNorm: a layer reading BN -> [ReLU] -> ... sees per channel a
+    N(beta, gamma^2) value, rectified by the ReLU (Clip read as a ReLU). Only layers reached that way."""
+    from graphprune.passes.calibration import InputStats
+
+    view = analysis.view
+    out = {}
+    for y, layer in layers.items():
+        t, rect = layer.x, False
+        bn = None
+        for _ in range(8):
+            p = view.producer.get(t)
+            if p is None:
+                break
+            node = view.nodes[p]
+            if node.op_type == "BatchNormalization":
+                bn = node
+                break
+            if node.op_type in _RECTIFY and not rect:
+                if node.op_type == "Clip":
+                    lo = view.const_value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+                    if lo is None or float(np.asarray(lo).reshape(-1)[0]) != 0.0:
+                        break
+                rect = True
+            elif node.op_type not in _PASS:
+                break
+            t = node.input[0]
+        if bn is None:
+            continue
+        gamma, beta = view.const_value(bn.input[1]), view.const_value(bn.input[2])
+        shape = view.shape(layer.x)
+        if gamma is None or beta is None or shape is None or shape[layer.x_axis] != len(gamma):
+            continue
+        mu, sd = beta.astype(np.float64), np.abs(gamma.astype(np.float64)) + 1e-12
+        mean, meansq, dead = _moments(mu, sd, rect)
+        st = InputStats(layer, len(mu), count=1, sum=mean, sumsq=meansq, zeros=dead, estimated=True)
+        out[y] = st
+    return out
+
+
+def _moments(mu: np.ndarray, sd: np.ndarray, rect: bool):
+    """Mean, mean square and P(0) of N(mu, sd^2), or of its ReLU."""
+    if not rect:
+        return mu, mu ** 2 + sd ** 2, np.zeros_like(mu)
+    from math import erf, pi, sqrt
+
+    a = mu / sd
+    cdf = np.array([0.5 * (1 + erf(v / sqrt(2))) for v in a])
+    pdf = np.exp(-0.5 * a ** 2) / sqrt(2 * pi)
+    mean = mu * cdf + sd * pdf
+    meansq = (mu ** 2 + sd ** 2) * cdf + mu * sd * pdf
+    return mean, meansq, 1.0 - cdf

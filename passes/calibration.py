@@ -1,0 +1,566 @@
+"""Calibration pass: read calibration samples and accumulate what linear layers see, with ONNX Runtime.
+
+Requires a model and calibration samples: an ``.npz`` path or a dict of arrays keyed by graph input name
+(samples on axis 0), or an iterable of feed dicts (one batch each). Ensures, per linear layer (Conv, Gemm or
+MatMul with a constant weight): per-channel sums, sums of squares and zero counts of its data input, and,
+when asked, the Gram matrix of the rows the layer multiplies by its weight (the unfolded patches of a
+convolution). The model runs batch by batch (a copy with the tensors as extra outputs) and only these sums
+are kept, so memory is bounded by the batch and the Gram sizes, never by the number of samples.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphprune.errors import UsageError
+
+DEFAULT_SAMPLES = 256  # calibration samples used when --calib-samples is not given
+HELD_OUT_MAX = 256  # samples beyond the calibration ones kept aside for the fidelity report
+ROWS_BUDGET = 1 << 16  # Gram rows per layer over the whole run (spatial positions are sampled beyond it)
+BATCH_BYTES = 128 << 20  # activation bytes per batch
+MAX_GRAM_DIM = 4096  # features of one Gram matrix (a wider layer gets channel statistics only)
+
+
+# ---- calibration data ------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Calibration samples split into the ones statistics are taken on and the held-out ones."""
+
+    train: dict[str, np.ndarray]
+    held_out: dict[str, np.ndarray] | None
+    batch: int | None = None  # fixed batch size when the model's axis 0 is static
+    rebatch: bool = False  # the model is fixed to a batch of 1 but runs batched with a free batch axis
+
+    @property
+    def n_train(self) -> int:
+        return len(next(iter(self.train.values())))
+
+    @property
+    def n_held_out(self) -> int:
+        return len(next(iter(self.held_out.values()))) if self.held_out else 0
+
+    def describe(self) -> dict:
+        return {"samples": self.n_train, "held_out": self.n_held_out,
+                "inputs": {k: list(v.shape[1:]) for k, v in self.train.items()}}
+
+
+def _input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list]]:
+    inits = {t.name for t in model.graph.initializer}
+    specs = {}
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        dims = None
+        if tt.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        specs[vi.name] = (onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type), dims)
+    return specs
+
+
+def _read(source) -> dict[str, np.ndarray] | list:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(f"--calib {path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise UsageError(f"--calib {path}: not an .npz archive (save it with numpy.savez)")
+                return {k: z[k] for k in z.files}
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise UsageError(f"--calib {path}: not a readable .npz archive ({type(exc).__name__})") from None
+    if isinstance(source, dict):
+        return dict(source)
+    try:
+        batches = list(source)
+    except TypeError:
+        raise UsageError("calib must be an .npz path, a dict of arrays or an iterable of feed dicts, "
+                         f"got {type(source).__name__}") from None
+    if not batches or not all(isinstance(b, dict) for b in batches):
+        raise UsageError("calib as an iterable must yield feed dicts ({input name: array}), "
+                         "at least one")
+    return batches
+
+
+def _as_array(name: str, value) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except Exception:  # noqa: BLE001
+        raise UsageError(f"calibration input '{name}' is not an array") from None
+
+
+def load(source, model: onnx.ModelProto, samples: int | None = None) -> Calibration:
+    """Read and check calibration data against the model's graph inputs (names, ranks, static dims,
+    dtypes); `samples` of them are used for statistics, up to HELD_OUT_MAX more are held out."""
+    specs = _input_specs(model)
+    raw = _read(source)
+    if isinstance(raw, list):
+        keys = set(raw[0])
+        for b in raw[1:]:
+            if set(b) != keys:
+                raise UsageError("calibration feed dicts name different inputs "
+                                 f"({', '.join(sorted(keys))} vs {', '.join(sorted(b))})")
+        arrays = {}
+        for k in keys:
+            parts = []
+            for b in raw:
+                a = _as_array(k, b[k])
+                spec = specs.get(k)
+                if spec is not None and spec[1] is not None and a.ndim == len(spec[1]) - 1:
+                    a = a[None]  # one sample without its batch axis
+                parts.append(a)
+            if len({p.ndim for p in parts}) != 1 or len({p.shape[1:] for p in parts}) != 1:
+                raise UsageError(f"calibration feeds of input '{k}' have different shapes")
+            arrays[k] = np.concatenate(parts, axis=0)
+    else:
+        arrays = {k: _as_array(k, v) for k, v in raw.items()}
+    missing = [n for n in specs if n not in arrays]
+    if missing:
+        raise UsageError(f"calibration data has no array for graph input '{missing[0]}' "
+                         f"(given: {', '.join(sorted(arrays)) or 'nothing'})")
+    extra = [k for k in arrays if k not in specs]
+    if extra:
+        raise UsageError(f"calibration array '{extra[0]}' is not a graph input "
+                         f"(inputs: {', '.join(specs)})")
+    counts = set()
+    fixed_batch = None
+    out = {}
+    for name, (dtype, dims) in specs.items():
+        a = arrays[name]
+        if a.ndim == 0:
+            raise UsageError(f"calibration input '{name}' is a scalar; samples go on axis 0")
+        if dims is not None:
+            if a.ndim != len(dims):
+                raise UsageError(f"calibration input '{name}' has rank {a.ndim}, the model expects "
+                                 f"rank {len(dims)} (samples on axis 0)")
+            for ax in range(1, len(dims)):
+                if dims[ax] is not None and a.shape[ax] != dims[ax]:
+                    raise UsageError(f"calibration input '{name}' has shape {list(a.shape)}: dim {ax} "
+                                     f"is {a.shape[ax]}, the model expects {dims[ax]}")
+            if dims and dims[0] is not None:
+                fixed_batch = dims[0]
+        out[name] = _cast(name, a, dtype)
+        counts.add(a.shape[0])
+    if len(counts) > 1:
+        raise UsageError(f"calibration inputs have different sample counts ({', '.join(map(str, sorted(counts)))})")
+    n = counts.pop()
+    if n == 0:
+        raise UsageError("calibration data has no samples")
+    if samples is not None:
+        if samples < 1:
+            raise UsageError(f"--calib-samples must be a positive integer, got {samples}")
+        if samples > n:
+            raise UsageError(f"--calib-samples {samples} asks for more samples than the calibration "
+                             f"data has ({n})")
+    use = samples if samples is not None else min(n, DEFAULT_SAMPLES)
+    if fixed_batch is not None and fixed_batch > 1:
+        use = max(fixed_batch, use - use % fixed_batch)
+        if use > n:
+            raise UsageError(f"the model's batch size is fixed to {fixed_batch}; the calibration data has "
+                             f"only {n} samples")
+    train = {k: v[:use] for k, v in out.items()}
+    rest = n - use
+    if fixed_batch is not None and fixed_batch > 1:
+        rest -= rest % fixed_batch
+    held = {k: v[use:use + min(rest, HELD_OUT_MAX)] for k, v in out.items()} if rest > 0 else None
+    return Calibration(train, held, fixed_batch)
+
+
+def _cast(name: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    want = np.dtype(dtype)
+    kind = "f" if want.kind in "fV" else ("b" if want.kind == "b" else "i")
+    have = "f" if a.dtype.kind == "f" else ("b" if a.dtype.kind == "b" else ("i" if a.dtype.kind in "iu" else "?"))
+    if have != kind:
+        raise UsageError(f"calibration input '{name}' is {a.dtype}, the model expects {want}")
+    if kind == "f" and not np.all(np.isfinite(a)):
+        raise UsageError(f"calibration input '{name}' contains NaN or infinite values")
+    return np.ascontiguousarray(a.astype(want, copy=False))
+
+
+def batches(data: dict[str, np.ndarray], size: int):
+    n = len(next(iter(data.values())))
+    for s in range(0, n, size):
+        yield {k: v[s:s + size] for k, v in data.items()}
+
+
+def batch_size(calib: Calibration, per_sample_bytes: int) -> int:
+    if calib.batch:
+        return calib.batch
+    return int(max(1, min(256, BATCH_BYTES // max(per_sample_bytes, 1))))
+
+
+# ---- running the model -----------------------------------------------------------------------------
+def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose inputs and outputs fixed to a batch of 1 take any batch (recorded shapes dropped)."""
+    inits = {t.name for t in model.graph.initializer}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in inits or not vi.type.tensor_type.shape.dim:
+            continue
+        d = vi.type.tensor_type.shape.dim[0]
+        if d.HasField("dim_value") and d.dim_value == 1:
+            d.Clear()
+            d.dim_param = "graphprune_batch"
+    return m
+
+
+def rebatchable(model: onnx.ModelProto) -> bool:
+    """A model exported with a batch of 1 computes the same per sample on a larger batch (checked on
+    two samples), so calibration can run it batched."""
+    from graphprune.runtime import session, synthetic_inputs
+
+    try:
+        one = synthetic_inputs(model)
+        two = {k: np.concatenate([v, v[::-1] * 0.5 + 0.25], axis=0).astype(v.dtype) for k, v in one.items()}
+        ref1 = session(model).run(None, {k: v[:1] for k, v in two.items()})
+        ref2 = session(model).run(None, {k: v[1:] for k, v in two.items()})
+        got = session(free_batch(model)).run(None, two)
+        for r1, r2, g in zip(ref1, ref2, got):
+            if g.shape[0] != 2 or not (np.allclose(g[:1], r1, rtol=1e-4, atol=1e-5)
+                                       and np.allclose(g[1:], r2, rtol=1e-4, atol=1e-5)):
+                return False
+    except Exception:  # noqa: BLE001 - a batch-dependent graph: keep batches of one
+        return False
+    return True
+
+
+def prepare(calib: Calibration, model: onnx.ModelProto) -> Calibration:
+    """Batches larger than a model's fixed batch of 1 where the model allows it."""
+    if calib.batch == 1 and rebatchable(model):
+        calib.batch, calib.rebatch = None, True
+    return calib
+
+
+def session_for(model: onnx.ModelProto, calib: Calibration | None):
+    from graphprune.runtime import session
+
+    return session(free_batch(model) if calib is not None and calib.rebatch else model)
+
+
+class Probe:
+    """An ONNX Runtime session of a copy of `model` that also returns the given intermediate tensors."""
+
+    def __init__(self, model: onnx.ModelProto, tensors: list[str], calib: Calibration | None = None):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        have = {o.name for o in probe.graph.output}
+        for t in dict.fromkeys(tensors):
+            if t not in have:
+                probe.graph.output.append(onnx.ValueInfoProto(name=t))
+        self.tensors = list(dict.fromkeys(tensors))
+        self.sess = session_for(probe, calib)
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        vals = self.sess.run(self.tensors, feeds)
+        return dict(zip(self.tensors, vals))
+
+
+def progress(description: str, total: int):
+    """The CLI's progress bar (graphprune.progress: a terminal only, never the API); yields advance()."""
+    from graphprune import progress as _progress
+
+    return _progress.step(description, total)
+
+
+# ---- linear layers ---------------------------------------------------------------------------------
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+@dataclass
+class LinearLayer:
+    """A node computing rows @ W + b: Conv (unfolded patches), Gemm or MatMul with a constant weight.
+
+    `rows(x)` gives the rows it multiplies, [n, G, d] per convolution group; `wmat(W)` the weight as
+    [G, d, o]; `targets(y)` the outputs as [n, G, o] on the same rows. Built from the node alone, so the
+    same description reads the original and the pruned model.
+    """
+
+    op: str
+    x: str
+    w: str
+    b: str
+    y: str
+    x_axis: int  # channel axis of x
+    groups: int = 1
+    kernel: tuple = ()
+    strides: tuple = ()
+    pads: tuple = ()
+    dilations: tuple = ()
+    auto_pad: str = "NOTSET"
+    trans_b: bool = False
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    @staticmethod
+    def from_node(node: onnx.NodeProto, w_shape, x_rank) -> LinearLayer | None:
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx") or w_shape is None or x_rank is None:
+            return None
+        ins = list(node.input) + ["", "", ""]
+        if op == "Conv":
+            k = len(w_shape) - 2
+            if k < 1 or x_rank != k + 2:
+                return None
+            return LinearLayer(
+                "Conv", ins[0], ins[1], ins[2], node.output[0], 1, int(_attr(node, "group", 1)),
+                tuple(int(v) for v in w_shape[2:]), tuple(_attr(node, "strides", None) or [1] * k),
+                tuple(_attr(node, "pads", None) or [0] * (2 * k)),
+                tuple(_attr(node, "dilations", None) or [1] * k),
+                _as_str(_attr(node, "auto_pad", "NOTSET")))
+        if op == "Gemm":
+            if _attr(node, "transA", 0) or len(w_shape) != 2 or x_rank != 2:
+                return None
+            return LinearLayer("Gemm", ins[0], ins[1], ins[2], node.output[0], 1,
+                               trans_b=bool(_attr(node, "transB", 0)), alpha=float(_attr(node, "alpha", 1.0)),
+                               beta=float(_attr(node, "beta", 1.0)))
+        if op == "MatMul":
+            if len(w_shape) != 2 or x_rank < 2:
+                return None
+            return LinearLayer("MatMul", ins[0], ins[1], "", node.output[0], x_rank - 1)
+        return None
+
+    # -- weights --
+    def wmat(self, w: np.ndarray) -> np.ndarray:
+        """Weight as [G, d, o]."""
+        if self.op == "Conv":
+            g = self.groups
+            o = w.shape[0] // g
+            return np.stack([w[i * o:(i + 1) * o].reshape(o, -1).T for i in range(g)])
+        m = w.T if self.trans_b else w
+        return (m * self.alpha)[None]
+
+    def from_wmat(self, m: np.ndarray, shape) -> np.ndarray:
+        if self.op == "Conv":
+            g = self.groups
+            return np.concatenate([m[i].T.reshape((shape[0] // g,) + tuple(shape[1:])) for i in range(g)])
+        w = m[0] / self.alpha
+        return w.T if self.trans_b else w
+
+    def in_features(self, w_shape) -> int:
+        """Input channels per group (rows of wmat per channel: prod(kernel))."""
+        if self.op == "Conv":
+            return int(w_shape[1])
+        return int(w_shape[1] if self.trans_b else w_shape[0])
+
+    @property
+    def taps(self) -> int:
+        return int(np.prod(self.kernel)) if self.op == "Conv" else 1
+
+    # -- activations --
+    def _conv_geometry(self, x_shape):
+        k = len(self.kernel)
+        spatial = x_shape[2:]
+        pads = list(self.pads)
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0] * (2 * k)
+            for i in range(k):
+                out = -(-spatial[i] // self.strides[i])
+                ext = (self.kernel[i] - 1) * self.dilations[i] + 1
+                total = max(0, (out - 1) * self.strides[i] + ext - spatial[i])
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + k] = (small, big) if self.auto_pad == "SAME_UPPER" else (big, small)
+        elif self.auto_pad == "VALID":
+            pads = [0] * (2 * k)
+        outs = [(spatial[i] + pads[i] + pads[i + k] - ((self.kernel[i] - 1) * self.dilations[i] + 1))
+                // self.strides[i] + 1 for i in range(k)]
+        return pads, outs
+
+    def positions(self, x_shape) -> int:
+        """Rows per sample."""
+        if self.op == "Conv":
+            return int(np.prod(self._conv_geometry(x_shape)[1]))
+        return int(np.prod(x_shape[1:-1])) if len(x_shape) > 2 else 1
+
+    def rows(self, x: np.ndarray, pick: np.ndarray | None = None) -> np.ndarray:
+        """[n, G, d] rows (all positions, or the flat position indices `pick`)."""
+        if self.op != "Conv":
+            r = x.reshape(-1, x.shape[-1])
+            return (r if pick is None else r[pick])[:, None, :]
+        k = len(self.kernel)
+        pads, outs = self._conv_geometry(x.shape)
+        xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + k]) for i in range(k)])
+        n_pos = int(np.prod(outs))
+        flat = np.arange(x.shape[0] * n_pos) if pick is None else pick
+        b = flat // n_pos
+        coords = np.unravel_index(flat % n_pos, outs)
+        taps = []
+        for off in np.ndindex(*self.kernel):
+            idx = tuple(coords[i] * self.strides[i] + off[i] * self.dilations[i] for i in range(k))
+            taps.append(_gather(xp, b, idx))
+        r = np.stack(taps, axis=-1)  # [n, C, K]
+        c = x.shape[1]
+        return r.reshape(len(flat), self.groups, (c // self.groups) * len(taps))
+
+    def targets(self, y: np.ndarray, pick: np.ndarray | None = None) -> np.ndarray:
+        """Outputs as [n, G, o] on the rows of `rows`."""
+        if self.op == "Conv":
+            yt = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+        else:
+            yt = y.reshape(-1, y.shape[-1])
+        yt = yt if pick is None else yt[pick]
+        return yt.reshape(len(yt), self.groups, -1)
+
+
+def _gather(xp: np.ndarray, b: np.ndarray, idx: tuple) -> np.ndarray:
+    """xp[b[i], :, idx[0][i], idx[1][i], ...] for every i, as [n, C]."""
+    moved = np.moveaxis(xp, 1, -1)  # [B, *spatial, C]
+    return moved[(b,) + idx]
+
+
+def _as_str(v):
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def linear_layers(model: onnx.ModelProto, shapes: dict[str, list]) -> dict[str, LinearLayer]:
+    """Linear layers of a model by output name, with a stored constant weight (initializer)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        w = inits.get(node.input[1])
+        if w is None or node.input[0] in inits:
+            continue
+        xs = shapes.get(node.input[0])
+        layer = LinearLayer.from_node(node, list(w.dims), None if xs is None else len(xs))
+        if layer is not None:
+            out[node.output[0]] = layer
+    return out
+
+
+# ---- statistics ------------------------------------------------------------------------------------
+@dataclass
+class InputStats:
+    """What one linear layer reads over the calibration samples."""
+
+    layer: LinearLayer
+    channels: int
+    count: int = 0  # values per channel seen
+    sum: np.ndarray | None = None  # [C]
+    sumsq: np.ndarray | None = None  # [C]
+    zeros: np.ndarray | None = None  # [C] values with |x| <= 1e-7 (dead after ReLU)
+    gram: np.ndarray | None = None  # [G, d, d] sum of rows^T rows
+    rsum: np.ndarray | None = None  # [G, d] sum of rows
+    rows: int = 0
+    estimated: bool = False  # from BatchNorm statistics, not data
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def meansq(self) -> np.ndarray:
+        return self.sumsq / max(self.count, 1)
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.maximum(self.meansq - self.mean ** 2, 0.0)
+
+    @property
+    def dead_rate(self) -> np.ndarray:
+        return self.zeros / max(self.count, 1)
+
+    def add(self, x: np.ndarray, rows: np.ndarray | None) -> None:
+        x64 = x.astype(np.float64, copy=False)
+        ax = self.layer.x_axis
+        red = tuple(i for i in range(x.ndim) if i != ax)
+        s, ss = x64.sum(axis=red), np.square(x64).sum(axis=red)
+        z = (np.abs(x) <= 1e-7).sum(axis=red)
+        if self.sum is None:
+            self.sum, self.sumsq, self.zeros = s, ss, z.astype(np.float64)
+        else:
+            self.sum += s
+            self.sumsq += ss
+            self.zeros += z
+        self.count += x.size // x.shape[ax]
+        if rows is not None:
+            r = rows.astype(np.float64, copy=False)
+            g = cross(r, r)
+            if self.gram is None:
+                self.gram, self.rsum = g, r.sum(axis=0)
+            else:
+                self.gram += g
+                self.rsum += r.sum(axis=0)
+            self.rows += len(r)
+
+
+def cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum_n a[n, g, :]^T b[n, g, :] per group: [G, d, e] (batched BLAS, not einsum)."""
+    if a.shape[1] == 1:
+        a2 = np.ascontiguousarray(a[:, 0])
+        b2 = a2 if b is a else np.ascontiguousarray(b[:, 0])
+        return (a2.T @ b2)[None]
+    at = np.ascontiguousarray(a.transpose(1, 2, 0))  # matmul takes the BLAS path on contiguous stacks only
+    bt = np.ascontiguousarray(b.transpose(1, 0, 2))
+    return np.matmul(at, bt)
+
+
+def row_pick(layer: LinearLayer, x_shape, n_total: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Rows to use for Gram statistics of one batch: all, or a random subset keeping the run within
+    ROWS_BUDGET rows per layer."""
+    per = layer.positions(x_shape)
+    cap = max(16, ROWS_BUDGET // max(n_total, 1))
+    if per <= cap:
+        return None
+    b = x_shape[0]
+    picks = [i * per + rng.choice(per, cap, replace=False) for i in range(b)]
+    return np.sort(np.concatenate(picks))
+
+
+def gram_fits(layer: LinearLayer, w_shape) -> bool:
+    return layer.in_features(w_shape) * layer.taps <= MAX_GRAM_DIM
+
+
+def collect(model: onnx.ModelProto, layers: dict[str, LinearLayer], calib: Calibration,
+            gram: set[str] | None = None, shapes: dict | None = None, seed: int = 0) -> dict[str, InputStats]:
+    """One pass over the calibration samples: InputStats for each layer (keyed by output name); Gram
+    matrices for the layers named in `gram`."""
+    gram = gram or set()
+    inits = {t.name: t for t in model.graph.initializer}
+    tensors = sorted({layer.x for layer in layers.values()})
+    if not tensors:
+        return {}
+    per_sample = 0
+    for y, layer in layers.items():
+        xs = (shapes or {}).get(layer.x)
+        size = int(np.prod([d or 1 for d in xs[1:]])) if xs else 1 << 12
+        per_sample += 4 * size * (layer.taps if y in gram else 1)
+    bs = batch_size(calib, per_sample)
+    probe = Probe(model, tensors, calib)
+    stats = {}
+    rng = np.random.default_rng(seed)
+    n = calib.n_train
+    total = -(-n // bs)
+    with progress("calibration statistics", total) as advance:
+        for feeds in batches(calib.train, bs):
+            acts = probe.run(feeds)
+            for y, layer in layers.items():
+                x = acts[layer.x]
+                st = stats.get(y)
+                if st is None:
+                    st = stats[y] = InputStats(layer, x.shape[layer.x_axis])
+                rows = None
+                if y in gram and gram_fits(layer, list(inits[layer.w].dims)):
+                    pick = row_pick(layer, x.shape, n, rng)
+                    rows = layer.rows(x, pick)
+                st.add(x, rows)
+            advance()
+    return stats
+
+
+__all__ = ["Calibration", "InputStats", "LinearLayer", "Probe", "batches", "collect", "linear_layers", "load",
+           "progress"]

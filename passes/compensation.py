@@ -1,0 +1,440 @@
+"""Compensation pass: new weights for the pruned model so its layers reproduce the original's outputs.
+
+Requires the original model, its structural rewrite (same tensor names, sliced weights), the removed units
+and calibration samples. Ensures the pruned model's linear layers (Conv, Gemm, MatMul with a stored
+weight) are re-fit, layer by layer in topological order, from what the *pruned* model feeds them to what
+the *original* layer produced on the same samples:
+
+- bias: the mean output difference goes into the layer's bias (the mean contribution of the removed
+  channels; a bias input is added where the layer has none),
+- lstsq: the kept weights and the bias are re-fit by ridge-regularised least squares (convolutions through
+  the Gram matrix of their unfolded input patches),
+- stats: each output channel's mean and standard deviation are matched to the original's (what BatchNorm
+  recalibration does, for layers whose BatchNorm was folded away).
+
+`all` re-fits every layer whose inputs lost channels (lstsq), then every layer downstream of a change
+(lstsq, grouped and depthwise convolutions per group). Layers are processed in waves: a wave holds the
+layers whose inputs no longer change, and one pass of both models over the samples serves a whole wave.
+Without calibration data, `bias` uses the expected activations BatchNorm statistics give.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from graphprune.errors import UsageError
+
+from .calibration import (Calibration, LinearLayer, Probe, batch_size, batches, cross, gram_fits, linear_layers,
+                          progress, row_pick, session_for)
+
+MODES = ("auto", "none", "bias", "lstsq", "all")
+RIDGE = 1e-3  # relative to the mean diagonal of a layer's input Gram matrix
+DRIFTED = "lstsq"  # what `all` does to a layer whose inputs changed but lost no channel: lstsq or stats
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def resolve(mode: str, have_data: bool) -> str:
+    if mode != "auto":
+        return mode
+    return "all" if have_data else "none"
+
+
+class _Model:
+    """Editing helpers over the pruned model: nodes by output, initializers, readers."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.node_of = {n.output[0]: n for n in model.graph.node if n.output}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            for t in n.input:
+                if t:
+                    self.readers.setdefault(t, []).append(n)
+        self.outputs = {o.name for o in model.graph.output}
+        self.added = 0
+
+    def value(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.inits[name])
+
+    def writable(self, name: str) -> bool:
+        t = self.inits.get(name)
+        return (t is not None and t.data_type in _FLOAT_TYPES and len(self.readers.get(name, [])) == 1
+                and name not in self.outputs)
+
+    def write(self, name: str, value: np.ndarray) -> None:
+        t = self.inits[name]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        t.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), name))
+
+    def new_init(self, base: str, value: np.ndarray) -> str:
+        name = f"{base}__graphprune_bias"
+        while name in self.inits:
+            self.added += 1
+            name = f"{base}__graphprune_bias{self.added}"
+        t = numpy_helper.from_array(value, name)
+        self.model.graph.initializer.append(t)
+        self.inits[name] = self.model.graph.initializer[-1]
+        self.readers.setdefault(name, [])
+        return name
+
+
+class _Bias:
+    """Where a layer's bias lives (its own input, or the constant of the Add after a MatMul) and how to
+    write it; `get()` is the bias the layer's output already includes (zero for a MatMul)."""
+
+    def __init__(self, pm: _Model, node: onnx.NodeProto, layer: LinearLayer, n_out: int, dtype):
+        self.pm, self.node, self.layer, self.n, self.dtype = pm, node, layer, n_out, dtype
+        self.name, self.add = None, None
+        self.ok = True
+        if layer.op in ("Conv", "Gemm"):
+            if len(node.input) > 2 and node.input[2]:
+                b = node.input[2]
+                self.ok = pm.writable(b) and list(pm.inits[b].dims) in ([n_out],)
+                self.name = b
+        else:
+            readers = pm.readers.get(node.output[0], [])
+            if len(readers) == 1 and readers[0].op_type == "Add" and node.output[0] not in pm.outputs:
+                add = readers[0]
+                other = [t for t in add.input if t != node.output[0]]
+                if len(other) == 1 and pm.writable(other[0]) and list(pm.inits[other[0]].dims) == [n_out]:
+                    self.name, self.add = other[0], add
+
+    def get(self) -> np.ndarray:
+        if self.layer.op == "MatMul" or self.name is None:
+            return np.zeros(self.n)
+        return self.pm.value(self.name).astype(np.float64) * self.layer.beta
+
+    def set(self, b: np.ndarray) -> None:
+        """Set the bias the layer's output includes (for a MatMul: the offset added after it)."""
+        pm, node = self.pm, self.node
+        if self.layer.op == "MatMul":
+            if self.name is not None:
+                pm.write(self.name, pm.value(self.name).astype(np.float64) + b)
+                return
+            y = node.output[0]
+            inner = f"{y}__graphprune_mm"
+            bname = pm.new_init(y, b.astype(self.dtype))
+            node.output[0] = inner
+            add = helper.make_node("Add", [inner, bname], [y], name=f"{node.name or y}__graphprune_bias")
+            nodes = list(pm.model.graph.node)
+            pos = next(i for i, n in enumerate(nodes) if n is node or (n.output and n.output[0] == inner))
+            pm.model.graph.node.insert(pos + 1, add)
+            self.name = bname
+            return
+        value = b / self.layer.beta
+        if self.name is None:
+            self.name = pm.new_init(node.output[0], value.astype(self.dtype))
+            while len(node.input) < 2:
+                node.input.append("")
+            if len(node.input) == 2:
+                node.input.append(self.name)
+            else:
+                node.input[2] = self.name
+            return
+        pm.write(self.name, value)
+
+
+def _drift_sources(analysis, removed: np.ndarray) -> set[int]:
+    """Nodes whose output values change for the kept channels: readers of cut channels that mix them."""
+    mask = np.zeros(len(analysis.roots) + 1, dtype=bool)
+    mask[removed] = True
+    out = set()
+    for role in analysis.roles:
+        if role.kind != "consumer":
+            continue
+        sp = analysis.spaces.spaces[role.space]
+        if mask[analysis.roots[sp.offset:sp.offset + sp.size]].any():
+            out.add(role.node)
+    hidden = {s for g in analysis.groups if g.kind == "hidden" and mask[g.units].any() for s in g.spaces}
+    if hidden:
+        for i, node in enumerate(analysis.view.nodes):
+            for t in node.input:
+                if any(sp.id in hidden for sp in analysis.spaces.of_tensor(t)):
+                    out.add(i)
+    return out
+
+
+def _downstream(view, sources: set[int]) -> set[str]:
+    """Tensors whose values change downstream of the source nodes (their outputs included)."""
+    changed: set[str] = set()
+    for i, node in enumerate(view.nodes):
+        if i in sources or any(t in changed for t in node.input if t):
+            changed.update(o for o in node.output if o)
+    return changed
+
+
+def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis, removed: np.ndarray,
+               calib: Calibration | None, mode: str, ridge: float = RIDGE, estimates: dict | None = None,
+               seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+    """Return a compensated copy of `pruned` and what was done."""
+    info = {"mode": mode, "layers": {}, "notes": []}
+    if mode == "none" or len(removed) == 0:
+        return pruned, info
+    view = analysis.view
+    removed = np.asarray(removed, dtype=np.int64)
+    out = onnx.ModelProto()
+    out.CopyFrom(pruned)
+    pm = _Model(out)
+    shapes = {t: view.shape(t) for t in view.producer} | {t: view.shape(t) for t in view.input_names}
+    orig_layers = linear_layers(original, shapes)
+    mask = np.zeros(len(analysis.roots) + 1, dtype=bool)
+    mask[removed] = True
+
+    def kept(t, ax):
+        sp = analysis.spaces.get(t, ax)
+        if sp is None:
+            return None
+        return ~mask[analysis.roots[sp.offset:sp.offset + sp.size]]
+
+    sources = _drift_sources(analysis, removed)
+    changed = _downstream(view, sources)
+    mixing = {view.nodes[i].output[0] for i in sources}  # layers whose kept outputs read removed channels
+    plan: dict[str, tuple[str, LinearLayer, LinearLayer, np.ndarray]] = {}
+    for y, layer in orig_layers.items():
+        node = pm.node_of.get(y)
+        if node is None or len(node.input) < 2 or node.input[1] not in pm.inits:
+            continue
+        cut_in = y in mixing
+        drifted = layer.x in changed
+        if not (cut_in or (mode == "all" and drifted)):
+            continue
+        if not pm.writable(node.input[1]):
+            info["notes"].append(f"{y}: weight is shared or not float; left as pruned")
+            continue
+        w_shape = list(pm.inits[node.input[1]].dims)
+        player = LinearLayer.from_node(node, w_shape, len(shapes.get(layer.x) or []))
+        if player is None:
+            continue
+        ax_out = 1 if layer.op == "Conv" else len(shapes.get(y) or [0, 0]) - 1
+        kout = kept(y, ax_out)
+        kout = np.ones((view.shape(y) or [])[ax_out], dtype=bool) if kout is None else kout
+        if mode == "bias":
+            action = "bias"
+        elif not gram_fits(player, w_shape):  # too wide for a Gram matrix: match the output statistics
+            action = "stats" if mode == "all" else "bias"
+        else:
+            action = "lstsq" if cut_in else DRIFTED
+        plan[y] = (action, layer, player, kout)
+    if not plan:
+        return out, info
+    if calib is None:
+        if mode != "bias" or not estimates:
+            raise UsageError(f"--compensate {mode} needs calibration data (--calib)")
+        _bias_from_estimates(pm, plan, estimates, kept, view, info)
+        return out, info
+    waves = _waves(out, set(plan))
+    with progress(f"compensation ({mode}): layer by layer", len(waves)) as advance:
+        for wave in waves:
+            _run_wave(original, pm, {y: plan[y] for y in wave}, calib, ridge, shapes, info, seed)
+            advance()
+    info["waves"] = len(waves)
+    return out, info
+
+
+def _waves(model: onnx.ModelProto, layers: set[str]) -> list[list[str]]:
+    level: dict[str, int] = {}
+    wave_of: dict[str, int] = {}
+    for node in model.graph.node:
+        lv = max((level.get(t, 0) for t in node.input if t), default=0)
+        y = node.output[0] if node.output else ""
+        if y in layers:
+            wave_of[y] = lv
+            lv += 1
+        for o in node.output:
+            if o:
+                level[o] = lv
+    waves: dict[int, list[str]] = {}
+    for y, w in wave_of.items():
+        waves.setdefault(w, []).append(y)
+    return [waves[k] for k in sorted(waves)]
+
+
+def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float, shapes: dict, info: dict,
+              seed: int) -> None:
+    pruned_probe = Probe(pm.model, [p[2].x for p in plan.values()] + [y for y, p in plan.items() if p[0] == "stats"],
+                         calib)
+    orig_probe = Probe(original, list(plan), calib)
+    acc: dict[str, dict] = {y: {} for y in plan}
+    rng = np.random.default_rng(seed)
+    per_sample = 0
+    for y, (_, layer, _, _) in plan.items():
+        for t, k in ((layer.x, layer.taps), (y, 1)):
+            dims = shapes.get(t) or [1, 4096]
+            per_sample += 8 * k * int(np.prod([v or 1 for v in dims[1:]]))
+    bs = batch_size(calib, per_sample)
+    n = calib.n_train
+    for feeds in batches(calib.train, bs):
+        xs = pruned_probe.run(feeds)
+        ys = orig_probe.run(feeds)
+        for y, (action, layer, player, kout) in plan.items():
+            x = xs[player.x]
+            pick = row_pick(player, x.shape, n, rng)
+            r = player.rows(x, pick).astype(np.float64)  # [n, G', d']
+            t = LinearLayer.targets(player, ys[y][:, kout] if layer.op == "Conv" else ys[y][..., kout], pick)
+            t = t.astype(np.float64)
+            a = acc[y]
+            if action == "bias":
+                _add(a, "rsum", r.sum(axis=0))
+                _add(a, "tsum", t.sum(axis=0))
+            elif action == "stats":
+                yp = xs[y]
+                yp = np.moveaxis(yp, 1, -1) if layer.op == "Conv" else yp
+                yp = yp.reshape(-1, yp.shape[-1]).astype(np.float64)
+                tt = t.reshape(len(t), -1)
+                if pick is not None:
+                    yp = yp[pick]
+                _add(a, "psum", yp.sum(axis=0))
+                _add(a, "psq", np.square(yp).sum(axis=0))
+                _add(a, "tsum", tt.sum(axis=0))
+                _add(a, "tsq", np.square(tt).sum(axis=0))
+            else:
+                ones = np.ones(r.shape[:2] + (1,))
+                ra = np.concatenate([r, ones], axis=2)
+                _add(a, "gram", cross(ra, ra))
+                _add(a, "cross", cross(ra, t))
+            a["n"] = a.get("n", 0) + len(r)
+    for y, (action, layer, player, kout) in plan.items():
+        node = pm.node_of[y]
+        wname = node.input[1]
+        w = pm.value(wname).astype(np.float64)
+        m = player.wmat(w)  # [G, d, o]
+        n_out = int(kout.sum())
+        bias = _Bias(pm, node, player, n_out, onnx.helper.tensor_dtype_to_np_dtype(pm.inits[wname].data_type))
+        a = acc[y]
+        if not bias.ok:
+            info["notes"].append(f"{y}: bias is shared or not a vector; left as pruned")
+            continue
+        if action == "bias":
+            mean_r = a["rsum"] / a["n"]  # [G, d]
+            mean_t = a["tsum"] / a["n"]  # [G, o]
+            b = (mean_t - np.einsum("gd,gdo->go", mean_r, m)).reshape(-1)
+            bias.set(b)
+            info["layers"][y] = "bias"
+            continue
+        if action == "stats":
+            pm_, pv = a["psum"] / a["n"], a["psq"] / a["n"]
+            tm, tv = a["tsum"] / a["n"], a["tsq"] / a["n"]
+            sd_p, sd_t = np.sqrt(np.maximum(pv - pm_ ** 2, 0)), np.sqrt(np.maximum(tv - tm ** 2, 0))
+            scale = np.where(sd_p > 1e-8, sd_t / np.maximum(sd_p, 1e-8), 1.0)
+            shift = tm - scale * pm_
+            b_old = bias.get()
+            g_, _, o_ = m.shape
+            m = m * scale.reshape(g_, 1, o_)
+            pm.write(wname, player.from_wmat(m, w.shape))
+            bias.set(scale * b_old + shift)
+            info["layers"][y] = "stats"
+            continue
+        gram, rhs = a["gram"] / a["n"], a["cross"] / a["n"]
+        g, d1, _ = gram.shape
+        d = d1 - 1
+        diag = np.einsum("gii->gi", gram[:, :d, :d])
+        lam = ridge * np.maximum(diag.mean(axis=1), 1e-12)
+        reg = gram.copy()
+        reg[:, np.arange(d), np.arange(d)] += lam[:, None]
+        try:
+            sol = np.linalg.solve(reg, rhs)  # [G, d+1, o]
+        except np.linalg.LinAlgError:
+            sol = np.stack([np.linalg.lstsq(reg[i], rhs[i], rcond=None)[0] for i in range(g)])
+        if not np.all(np.isfinite(sol)):
+            info["notes"].append(f"{y}: least squares did not converge; left as pruned")
+            continue
+        pm.write(wname, player.from_wmat(sol[:, :d, :], w.shape))
+        bias.set(sol[:, d, :].reshape(-1))
+        info["layers"][y] = "lstsq"
+
+
+def _add(acc: dict, key: str, value: np.ndarray) -> None:
+    if key in acc:
+        acc[key] += value
+    else:
+        acc[key] = value
+
+
+def _bias_from_estimates(pm: _Model, plan: dict, estimates: dict, kept, view, info: dict) -> None:
+    """Data-free bias compensation: the removed channels' expected values (BatchNorm statistics) times
+    their original weights go into the bias."""
+    for y, (_, layer, player, kout) in plan.items():
+        st = estimates.get(y)
+        kin = kept(layer.x, layer.x_axis)
+        w = view.const_value(layer.w)
+        if st is None or kin is None or w is None:
+            continue
+        m = layer.wmat(w.astype(np.float64))  # [G, d, o], original
+        g, d, o = m.shape
+        k = layer.taps
+        cpg = d // k
+        if st.mean.size != g * cpg:
+            continue
+        mean = st.mean.reshape(g, cpg) * (~kin).reshape(g, cpg)
+        contrib = np.einsum("gc,gcko->go", mean, m.reshape(g, cpg, k, o)).reshape(-1)[kout]
+        node = pm.node_of[y]
+        wname = node.input[1]
+        bias = _Bias(pm, node, player, int(kout.sum()),
+                     onnx.helper.tensor_dtype_to_np_dtype(pm.inits[wname].data_type))
+        if not bias.ok:
+            continue
+        bias.set(bias.get() + contrib)
+        info["layers"][y] = "bias (BatchNorm estimate)"
+
+
+# ---- fidelity --------------------------------------------------------------------------------------
+def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray],
+             atol: float | None = None, rtol: float | None = None, held_out: bool = True,
+             calib: Calibration | None = None) -> dict:
+    """Outputs of the pruned model against the original's on the given samples: cosine similarity,
+    relative error, max abs difference, top-1 agreement where an output looks like logits, and PASSED /
+    FAILED against atol/rtol when given."""
+    so, sp = session_for(original, calib), session_for(pruned, calib)
+    names = [o.name for o in so.get_outputs()]
+    n = len(next(iter(feeds.values())))
+    bs = calib.batch if calib is not None and calib.batch else max(1, min(n, 64))
+    acc = {k: {"dot": 0.0, "nr": 0.0, "np": 0.0, "diff": 0.0, "max": 0.0, "agree": 0, "count": 0,
+               "ok": True, "logits": None, "cos_sum": 0.0, "samples": 0} for k in names}
+    for b in batches(feeds, bs):
+        ref = so.run(None, b)
+        got = sp.run(None, b)
+        for k, r, p in zip(names, ref, got):
+            a = acc[k]
+            r64, p64 = np.asarray(r, dtype=np.float64), np.asarray(p, dtype=np.float64)
+            if r64.shape != p64.shape:
+                a["ok"] = False
+                continue
+            a["dot"] += float((r64 * p64).sum())
+            a["nr"] += float((r64 * r64).sum())
+            a["np"] += float((p64 * p64).sum())
+            a["diff"] += float(np.square(r64 - p64).sum())
+            a["max"] = max(a["max"], float(np.abs(r64 - p64).max()) if r64.size else 0.0)
+            rs, ps = r64.reshape(len(r64), -1), p64.reshape(len(p64), -1)
+            den = np.linalg.norm(rs, axis=1) * np.linalg.norm(ps, axis=1)
+            a["cos_sum"] += float(np.sum(np.where(den > 0, (rs * ps).sum(axis=1) / np.where(den > 0, den, 1), 1.0)))
+            a["samples"] += len(rs)
+            if a["logits"] is None:
+                a["logits"] = r64.ndim in (2, 3) and r64.shape[-1] > 1 and np.issubdtype(r.dtype, np.floating)
+            if a["logits"]:
+                a["agree"] += int((r64.argmax(-1) == p64.argmax(-1)).sum())
+                a["count"] += int(np.prod(r64.shape[:-1]))
+            if atol is not None or rtol is not None:
+                tol = (atol or 0.0) + (rtol or 0.0) * np.abs(r64)
+                if not np.all(np.abs(r64 - p64) <= tol):
+                    a["ok"] = False
+    outputs = {}
+    for k, a in acc.items():
+        den = np.sqrt(a["nr"] * a["np"])
+        row = {"cosine": round(a["dot"] / den, 6) if den > 0 else 1.0,
+               "sample_cosine": round(a["cos_sum"] / max(a["samples"], 1), 6),
+               "relative_error": round(float(np.sqrt(a["diff"] / a["nr"])) if a["nr"] > 0 else 0.0, 6),
+               "max_abs_diff": float(f"{a['max']:.4g}")}
+        if a["logits"] and a["count"]:
+            row["top1_agreement"] = round(a["agree"] / a["count"], 6)
+        outputs[k] = row
+    out = {"samples": n, "held_out": held_out, "outputs": outputs}
+    if atol is not None or rtol is not None:
+        out["atol"], out["rtol"] = atol, rtol
+        out["passed"] = all(a["ok"] for a in acc.values())
+    return out
+
+
+__all__ = ["MODES", "compensate", "fidelity", "resolve", "helper"]

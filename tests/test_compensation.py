@@ -1,0 +1,171 @@
+"""Compensation: new weights that bring the pruned model's outputs back to the original's."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import graphprune
+from graphprune import UsageError, runtime
+
+from .graphs import GraphBuilder
+
+CONST = [0, 3, 6]  # channels of c1 that are constant after the ReLU
+
+
+def constant_channel_model(consumer="conv1x1", consumer_bias=True) -> onnx.ModelProto:
+    """conv(3->8) -> relu -> consumer(8->5). Channels CONST of the first conv have zero weights and a
+    positive bias, so the consumer reads a constant there; they carry big weights (magnitude keeps them)."""
+    g = GraphBuilder(seed=5)
+    x = g.input("x", ["N", 3, 6, 6] if consumer != "matmul" else ["N", 6, 6, 3])
+    if consumer == "matmul":  # channels last: x[N, H, W, C] -> MatMul -> relu -> MatMul
+        y = g.op("Relu", [g.op("Add", [g.matmul(x, 3, 8, name="c1"), g.weight([8], "c1.b")])])
+        g.output(g.matmul(y, 8, 5, name="c2"))
+    else:
+        y = g.op("Relu", [g.conv(x, 3, 8, name="c1")])
+        k = 1 if consumer == "conv1x1" else 3
+        g.output(g.conv(y, 8, 5, k=k, name="c2", bias=consumer_bias, pad=False))
+    m = g.model()
+    inits = {t.name: t for t in m.graph.initializer}
+    w = numpy_helper.to_array(inits["c1.W"]).copy()
+    b = numpy_helper.to_array(inits["c1.b"]).copy()
+    if consumer == "matmul":
+        w[:, CONST] = 0.0
+    else:
+        w[CONST] = 0.0
+    b[CONST] = [0.5, 1.0, 2.0]
+    w2 = numpy_helper.to_array(inits["c2.W"]).copy()
+    if consumer == "matmul":
+        w2[CONST] *= 5
+    else:
+        w2[:, CONST] *= 5
+    for name, v in (("c1.W", w), ("c1.b", b), ("c2.W", w2)):
+        inits[name].CopyFrom(numpy_helper.from_array(v, name))
+    return m
+
+
+def feeds(n=64, shape=(3, 6, 6), seed=0):
+    return {"x": np.random.default_rng(seed).standard_normal((n,) + shape).astype(np.float32)}
+
+
+def out_of(r):
+    (row,) = r.report.fidelity["outputs"].values()
+    return row
+
+
+def constant_plan(m):
+    """Plan cutting exactly the constant channels (fluctuation scores them 0: no variance)."""
+    return graphprune.prune(m, ratio=3 / 8, calib=feeds(), importance="fluctuation", compensate="none")
+
+
+@pytest.mark.parametrize("consumer, bias", [("conv1x1", True), ("conv1x1", False), ("conv3x3valid", True),
+                                            ("matmul", False)])
+def test_bias_compensation_restores_constant_channels_exactly(consumer, bias):
+    m = constant_channel_model(consumer, bias)
+    shape = (6, 6, 3) if consumer == "matmul" else (3, 6, 6)
+    cal = feeds(shape=shape)
+    plain = graphprune.prune(m, ratio=3 / 8, calib=cal, importance="fluctuation", compensate="none")
+    (cut,) = plain.plan.cuts.values()
+    assert cut.removed == CONST
+    assert out_of(plain)["relative_error"] > 0.05
+    r = graphprune.prune(m, ratio=3 / 8, calib=cal, importance="fluctuation", compensate="bias")
+    assert out_of(r)["max_abs_diff"] < 1e-4
+    # and on inputs it never saw
+    x = feeds(16, shape, seed=9)
+    np.testing.assert_allclose(runtime.run(r.model, x)[0], runtime.run(m, x)[0], atol=1e-4)
+    assert r.report.validation["oracle_max_abs_diff"] is not None  # the structural rewrite was proved
+    if consumer == "matmul":
+        assert [n.op_type for n in r.model.graph.node].count("Add") == 2  # an Add now carries the bias
+    elif not bias:
+        (conv,) = [n for n in r.model.graph.node if n.output[0] == "c2_out"]
+        assert len(conv.input) == 3  # a bias input was added
+
+
+def test_bias_compensation_without_data_uses_batchnorm():
+    g = GraphBuilder(seed=6)
+    x = g.input("x", ["N", 3, 6, 6])
+    y = g.op("Relu", [g.bn(g.conv(x, 3, 8, name="c1"), 8, name="bn")])
+    g.output(g.conv(y, 8, 5, k=1, name="c2", pad=False))
+    m = g.model()
+    a = graphprune.prune(m, ratio=0.5, compensate="none", atol=1e9)
+    b = graphprune.prune(m, ratio=0.5, compensate="bias", atol=1e9)
+    assert b.report.quality["compensation"]["layers"] == {"c2_out": "bias (BatchNorm estimate)"}
+    # BN statistics here are made up (not the data's), so only check it ran and changed the bias
+    assert a.report.fidelity["outputs"] != b.report.fidelity["outputs"]
+
+
+def resnetish() -> onnx.ModelProto:
+    g = GraphBuilder(seed=7)
+    x = g.input("x", ["N", 3, 8, 8])
+    a = g.op("Relu", [g.conv(x, 3, 12, name="c1")])
+    b = g.op("Relu", [g.conv(a, 12, 12, name="c2")])
+    s = g.op("Add", [a, g.conv(b, 12, 12, name="c3")])
+    d = g.op("Relu", [g.conv(s, 12, 16, name="c4", group=4)])
+    p = g.op("Flatten", [g.op("GlobalAveragePool", [d])])
+    g.output(g.gemm(p, 16, 10, name="fc"))
+    return g.model()
+
+
+def test_lstsq_reduces_output_error_layer_by_layer():
+    m = resnetish()
+    cal = feeds(200, (3, 8, 8))
+    errs = {}
+    for mode in ("none", "bias", "lstsq", "all"):
+        r = graphprune.prune(m, ratio=0.5, calib=cal, calib_samples=150, importance="l2", compensate=mode)
+        errs[mode] = out_of(r)["relative_error"]
+        assert r.report.fidelity["held_out"] and r.report.fidelity["samples"] == 50
+    assert errs["bias"] < errs["none"]
+    assert errs["lstsq"] < 0.7 * errs["none"]
+    assert errs["all"] <= errs["lstsq"] * 1.05
+    r = graphprune.prune(m, ratio=0.5, calib=cal, importance="l2", compensate="lstsq")
+    assert set(r.report.quality["compensation"]["layers"]) == {"c2_out", "c3_out", "c4_out", "fc_out"}
+
+
+def test_compensated_weights_keep_dtype_and_names():
+    m = resnetish()
+    r = graphprune.prune(m, ratio=0.5, calib=feeds(64, (3, 8, 8)), compensate="all")
+    before = {t.name: t.data_type for t in m.graph.initializer}
+    for t in r.model.graph.initializer:
+        if t.name in before:
+            assert t.data_type == before[t.name]
+    onnx.checker.check_model(r.model, full_check=True)
+    v = r.report.validation
+    assert v["checker"] and v["shape_inference"] and v["runtime"]
+    assert any("before compensation" in n for n in v["notes"])
+
+
+def test_least_squares_without_data_is_a_usage_error():
+    with pytest.raises(UsageError, match="needs calibration data"):
+        graphprune.prune(resnetish(), ratio=0.5, compensate="lstsq")
+
+
+def test_fidelity_tolerances_pass_and_fail(tmp_path):
+    m = constant_channel_model()
+    r = graphprune.prune(m, ratio=3 / 8, calib=feeds(), importance="fluctuation", compensate="bias",
+                         atol=1e-3, rtol=1e-3)
+    assert r.report.fidelity["passed"] is True
+    r = graphprune.prune(m, ratio=3 / 8, calib=feeds(), importance="fluctuation", compensate="none",
+                         atol=1e-3, rtol=1e-3)
+    assert r.report.fidelity["passed"] is False
+
+
+def test_cli_fidelity_failure_writes_nothing(tmp_path):
+    import contextlib
+    import io
+
+    from graphprune.cli import main
+
+    onnx.save(constant_channel_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", **feeds())
+    out, err = io.StringIO(), io.StringIO()
+    base = [str(tmp_path / "m.onnx"), "--ratio", "0.375", "--calib", str(tmp_path / "c.npz"),
+            "--importance", "fluctuation", "--atol", "1e-3", "-o", str(tmp_path / "o.onnx")]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(base + ["--compensate", "none"])
+    assert rc == 1 and "FAILED" in out.getvalue() and not (tmp_path / "o.onnx").exists()
+    assert "fidelity check FAILED" in err.getvalue()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(base + ["--compensate", "bias"])
+    assert rc == 0 and "PASSED" in out.getvalue() and (tmp_path / "o.onnx").exists()
