@@ -74,6 +74,11 @@ def conv(ctx):
     cin, cout = sx[1], sw[0]
     if b:
         ctx.tie(b, 0, y, 1)
+    conv_weight_ties(ctx, x, w, y, groups, cin, cout)
+
+
+def conv_weight_ties(ctx, x, w, y, groups, cin, cout):
+    """Channel ties of a conv weight W[out, in/group, k...] (shared with the quantized convolutions)."""
     ctx.tie(w, 0, y, 1)
     ctx.role("producer", w, 0)
     if groups == 1:
@@ -81,7 +86,7 @@ def conv(ctx):
         ctx.role("consumer", w, 1)
         return
     if cin is None:
-        ctx.freeze_node(f"Conv '{ctx.name}': input channel count unknown")
+        ctx.freeze_node(f"{ctx.op} '{ctx.name}': input channel count unknown")
         return
     if cin // groups == 1 or cout // groups == 1:
         _block_ties(ctx, x, y, groups, cin, cout)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import RULES, register
-from .conv import _block_ties, _groups_divide, _same_local_ties
+from .conv import _groups_divide, conv_weight_ties
 
 
 def _size(ctx, t) -> int:
@@ -73,24 +73,7 @@ def _conv_like(ctx, x, w, y, bias, x_params, w_params, y_params):
         ctx.fix(x, ax)
         ctx.fix(y, ax)
         ctx.fix(w, ax)
-    ctx.tie(w, 0, y, 1)
-    ctx.role("producer", w, 0)
-    groups = ctx.attr("group", 1)
-    cin = sx[1]
-    if groups == 1:
-        ctx.tie(x, 1, w, 1)
-        ctx.role("consumer", w, 1)
-        return
-    if cin is None:
-        ctx.freeze_node(f"{ctx.op} '{ctx.name}': input channel count unknown")
-        return
-    if cin // groups == 1 or cout // groups == 1:
-        _block_ties(ctx, x, y, groups, cin, cout)
-        ctx.fix(w, 1)
-    else:
-        ctx.tie(x, 1, w, 1, np.arange(cin), np.arange(cin) % (cin // groups))
-        ctx.role("consumer", w, 1)
-        _same_local_ties(ctx, y, cout, cout // groups)
+    conv_weight_ties(ctx, x, w, y, ctx.attr("group", 1), sx[1], cout)
 
 
 def _rewrite_group(weight_input: int):
