@@ -10,6 +10,7 @@ from __future__ import annotations
 import onnx
 
 from .graph import concrete_input_shapes
+from .io import model_nbytes
 
 CANDIDATES = (7, 61, 509, 4093, 16007)
 MAX_PROBE_ELEMENTS = 1 << 24  # per probe, all inputs together
@@ -43,8 +44,8 @@ def probe_input_shapes(model: onnx.ModelProto, given: dict | None = None) -> dic
         return _MEMO[key]
     shapes = concrete_input_shapes(model, given)
     try:
-        too_big = model.ByteSize() > (1 << 31) - (1 << 26) or any(
-            t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        # ByteSize() would serialize every weight; lazy (external) weights run fine, unless the model is huge
+        too_big = model_nbytes(model) > (1 << 31) - (1 << 26)
     except Exception:  # noqa: BLE001 - over protobuf's limit
         too_big = True
     if not too_big:

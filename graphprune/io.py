@@ -45,13 +45,14 @@ def load_model(source) -> onnx.ModelProto:
 
 
 # ---- lazy external data ---------------------------------------------------------------------------------
-# A model whose external data is at least LAZY_EXTERNAL_BYTES is not read into memory: its initializers stay
-# EXTERNAL with the data file's absolute path as location (that is what marks them lazy), and are read as
-# read-only memory maps when needed (`tensor_array`). Slices the rewrite makes of lazy tensors go to a spill
-# file (`spill`), so a pruned billion-parameter model is never in memory either. ONNX Runtime gets lazy
-# tensors as external initializers (runtime.session), the checker and shape inference a copy in which they
-# are typed graph inputs (`light_copy`), and `save_model` streams them into the output's data file.
-LAZY_EXTERNAL_BYTES = 256 * 1024**2
+# A model with external data (at least LAZY_EXTERNAL_BYTES of it) is not read into memory: its initializers
+# stay EXTERNAL with the data file's absolute path as location (that is what marks them lazy), and are read
+# as read-only memory maps when needed (`tensor_array`). The rewrite writes the slices it makes, and copies
+# the lazy weights it leaves alone, to a spill file (`SpillFile`), so a pruned billion-parameter model is
+# never in memory either. ONNX Runtime maps lazy weights itself (runtime.session), the checker and shape
+# inference get a copy in which they are typed graph inputs (`light_copy`), and `save_model` streams them
+# into the output's own data file: a model loaded with external data is written back with external data.
+LAZY_EXTERNAL_BYTES = 0
 
 
 def _external_info(t: onnx.TensorProto) -> dict:

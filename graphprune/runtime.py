@@ -29,7 +29,7 @@ def session(model: onnx.ModelProto, threads: int = 0, arena: bool = True):
     lazy = [t for t in model.graph.initializer if is_lazy(t)]
     folders = {os.path.dirname(_location(t)) for t in lazy}
     mapped = len(folders) == 1
-    if lazy:
+    if sum(tensor_nbytes(t) for t in lazy) >= 1 << 28:
         so.add_session_config_entry("session.disable_prepacking", "1")  # prepacking copies every weight
     if mapped:
         # One folder: ORT memory-maps the (page-aligned) data files itself, nothing is copied.

@@ -25,6 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphprune.errors import UsageError
+from graphprune.io import tensor_array
 
 from .calibration import (Calibration, LinearLayer, Probe, batch_size, batches, cross, gram_fits, linear_layers,
                           progress, row_pick, session_for)
@@ -57,7 +58,7 @@ class _Model:
         self.added = 0
 
     def value(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.inits[name])
+        return np.asarray(tensor_array(self.inits[name]))  # lazy (external, memory-mapped) weights too
 
     def writable(self, name: str) -> bool:
         t = self.inits.get(name)

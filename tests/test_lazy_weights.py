@@ -97,3 +97,27 @@ def test_model_nbytes_needs_no_serialization(ext):
     src, _ = ext
     m = onnx.load(str(src))
     assert abs(io.model_nbytes(m) - m.ByteSize()) < 0.05 * m.ByteSize()
+
+
+def test_in_memory_model_over_the_limit_is_saved_with_external_data(ext, tmp_path, monkeypatch):
+    src, _ = ext
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)  # stands for protobuf's 2 GB
+    m = graphprune.prune(src, ratio=0.5).model
+    assert not io.has_lazy(m)
+    out = tmp_path / "big" / "p.onnx"
+    out.parent.mkdir()
+    io.save_model(m, out)
+    assert sorted(os.listdir(out.parent)) == ["p.onnx", "p.onnx.data"]
+    onnx.checker.check_model(str(out), full_check=True)
+    back = onnx.load(str(out))
+    assert {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in back.graph.initializer} == \
+        {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in m.graph.initializer}
+
+
+def test_lazy_weights_through_compensation(ext, tmp_path):
+    """Passes that read weights (bias compensation here) see lazy ones through io.tensor_array."""
+    src, path = ext
+    a = graphprune.prune(path, ratio=0.5, compensate="bias")
+    b = graphprune.prune(src, ratio=0.5, compensate="bias")
+    va, vb = _values(a.model), _values(b.model)
+    assert va.keys() == vb.keys() and all(np.allclose(va[k], vb[k], rtol=1e-6, atol=1e-7) for k in va)
