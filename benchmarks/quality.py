@@ -195,6 +195,10 @@ def export(model, path: Path, example, keep_bn: bool = False) -> Path:
 
 
 def accuracy(model, x, y) -> float:
+    return float((predictions(model, x) == y).mean())
+
+
+def predictions(model, x) -> np.ndarray:
     import onnxruntime as ort
 
     if isinstance(model, onnx.ModelProto):
@@ -203,8 +207,7 @@ def accuracy(model, x, y) -> float:
     so.log_severity_level = 3
     sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                 providers=["CPUExecutionProvider"])
-    logits = sess.run(None, {"input": x})[0]
-    return float((logits.argmax(1) == y).mean())
+    return sess.run(None, {"input": x})[0].argmax(1)
 
 
 def macs_params(model) -> tuple[int, int]:
@@ -418,8 +421,9 @@ def graphprune_row(model, setting, score, comp, glob, calib_feeds, metric, **ext
     t = time.perf_counter()
     r = graphprune.prune(model, **kw)
     dt = time.perf_counter() - t
+    value, agree = metric(r.model)
     return {"tool": "graphprune", "score": score, "compensation": comp,
-            "allocation": "global" if glob else "uniform", "metric": metric(r.model),
+            "allocation": "global" if glob else "uniform", "metric": value, "agreement": agree,
             "macs_kept": r.report.ratio("macs"), "params_kept": r.report.ratio("params"), "time_s": dt,
             "fidelity": r.report.fidelity.get("outputs", {})}
 
@@ -457,9 +461,11 @@ def torch_pruning_rows(torch_model, setting, calib, metric, export_fn, example, 
             model, _, knob = _closest(lambda r: prune(r, recal), ratio, base_macs)
         dt = time.perf_counter() - t
         mp = macs_params(model)
+        value, agree = metric(model)
         rows.append({"tool": "Torch-Pruning 1.6.1", "score": "l2 (group magnitude)",
                      "compensation": "BN recalibration" if recal else "none", "allocation": f"uniform {knob:.2f}",
-                     "metric": metric(model), "macs_kept": mp[0] / base_macs, "params_kept": None, "time_s": dt})
+                     "metric": value, "agreement": agree, "macs_kept": mp[0] / base_macs, "params_kept": None,
+                     "time_s": dt})
     return rows
 
 
@@ -494,8 +500,9 @@ def onnxsim_rows(model, setting, calib, input_name, metric, base_macs):
                          "time_s": None, "error": f"{type(exc).__name__}: {str(exc)[:80]}"})
             continue
         dt = time.perf_counter() - t
+        value, agree = metric(pruned)
         rows.append({"tool": "onnxsim 0.8.1", "score": score, "compensation": "correct_bias" if correct else "none",
-                     "allocation": f"sparsity {knob:.2f}", "metric": metric(pruned),
+                     "allocation": f"sparsity {knob:.2f}", "metric": value, "agreement": agree,
                      "macs_kept": macs_params(pruned)[0] / base_macs, "params_kept": None, "time_s": dt})
     return rows
 
@@ -513,8 +520,11 @@ def run_digits(name: str, quick: bool, log) -> dict:
     base = accuracy(model, xte, yte)
     log(f"{name}: test accuracy {base:.4f}, {base_macs / 1e6:.2f} M MACs, {base_params / 1e3:.0f} K params")
 
+    base_pred = predictions(model, xte)
+
     def metric(m):
-        return accuracy(m, xte, yte)
+        pred = predictions(m, xte)
+        return float((pred == yte).mean()), float((pred == base_pred).mean())
 
     feeds = {"input": calib}
     sections = []
@@ -560,7 +570,7 @@ def run_text(quick: bool, log) -> dict:
     log(f"text LM: held-out perplexity {base:.3f}, {base_stats.macs / 1e6:.2f} M MACs")
 
     def metric(m):
-        return perplexity(m, tx, ty)
+        return perplexity(m, tx, ty), None
 
     feeds = {"ids": calib}
     sections = []
@@ -593,7 +603,10 @@ def markdown(results: list[dict], meta: dict) -> str:
            f"numpy threads {meta['blas_threads']}). Every row prunes the same trained model; nothing is "
            "fine-tuned. Calibration: 256 training samples. Time: wall clock of the whole prune (graphprune: "
            "analysis, calibration statistics, scoring, rewrite, compensation, validation and the fidelity report; "
-           "anchors: their pruning call(s), including the ratio search for MAC targets and the export).", ""]
+           "anchors: their pruning call(s), including the ratio search for MAC targets and the export). "
+           "Agreement: the fraction of test images whose predicted class is the unpruned model's. MACs kept: "
+           "convolutions and matrix products of the exported ONNX model, counted by graphprune.report for every "
+           "row. Load average while it ran: " + meta.get("load", "?") + ".", ""]
     out += bars(results)
     for res in results:
         better = "higher is better" if res["higher_is_better"] else "lower is better"
@@ -607,13 +620,16 @@ def markdown(results: list[dict], meta: dict) -> str:
                      "heads+mlp": f"--head-ratio {ratio} --mlp-ratio {ratio}",
                      "mlp": f"--mlp-ratio {ratio} (heads kept)"}[what]
             out += [f"### {title}", "",
-                    f"| tool | score | compensation | allocation | MACs kept | {res['metric']} | change | time (s) |",
-                    "|---|---|---|---|---|---|---|---|"]
+                    f"| tool | score | compensation | allocation | MACs kept | {res['metric']} | change | "
+                    f"{'agreement | ' if res['higher_is_better'] else ''}time (s) |",
+                    "|---|---|---|---|---|---|---|" + ("---|" if res["higher_is_better"] else "") + "---|"]
             for r in sec["rows"]:
                 delta = None if r["metric"] is None else r["metric"] - res["base"]
                 m = _fmt(r["metric"]) if "error" not in r else f"failed: {r['error']}"
+                agree = f"{_fmt(r.get('agreement'))} | " if res["higher_is_better"] else ""
                 out.append(f"| {r['tool']} | {r['score']} | {r['compensation']} | {r['allocation']} | "
-                           f"{_fmt(r['macs_kept'], '.3f')} | {m} | {_fmt(delta, '+.4f')} | {_fmt(r['time_s'], '.1f')} |")
+                           f"{_fmt(r['macs_kept'], '.3f')} | {m} | {_fmt(delta, '+.4f')} | {agree}"
+                           f"{_fmt(r['time_s'], '.1f')} |")
             out.append("")
     return "\n".join(out) + "\n"
 
@@ -680,6 +696,7 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     results = []
+    load0 = os.getloadavg()[0]
     for name in args.models.split(","):
         if name in DIGITS_MODELS:
             results.append(run_digits(name, args.quick, log))
@@ -688,7 +705,8 @@ def main(argv=None) -> int:
         else:
             raise SystemExit(f"unknown model {name}")
     meta = {"when": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+            "load": f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(results, meta))

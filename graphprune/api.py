@@ -227,11 +227,11 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
             validation = validate.validate(pruned, m, analysis, removed, options.input_shapes,
                                            check_oracle=not hidden_cut, seed=options.seed)
     timings["validate"] = time.perf_counter() - t
-    mode = compensation.resolve(options.compensate, calib is not None)
+    if calib is None and estimates is None and len(removed) and options.compensate in ("auto", "bias"):
+        estimates = scoring.batchnorm_estimates(analysis, _consumer_layers(m, analysis)) or None
+    mode = compensation.resolve(options.compensate, calib is not None, estimates is not None)
     if mode != "none" and len(removed):
         t = time.perf_counter()
-        if calib is None and estimates is None:
-            estimates = scoring.batchnorm_estimates(analysis, _consumer_layers(m, analysis))
         pruned, quality["compensation"] = compensation.compensate(
             m, pruned, analysis, removed, calib, mode, options.ridge, estimates, options.seed)
         timings["compensate"] = time.perf_counter() - t

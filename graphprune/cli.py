@@ -52,8 +52,8 @@ def prune_parser() -> argparse.ArgumentParser:
                    help="auto (default: reconstruction with --calib, BatchNorm-aware fluctuation without it when "
                    "the model has BatchNorm, else l2), l2, l1, random, dead, wanda, fluctuation, reconstruction")
     p.add_argument("--reduction", default="mean", help="how a channel's scores over layers combine: mean, sum, max")
-    p.add_argument("--normalize", default="mean",
-                   help="per-group score normalisation for --global: mean, lamp, zscore, none")
+    p.add_argument("--normalize", default="lamp",
+                   help="per-group score normalisation for --global: lamp (default), mean, zscore, none")
     p.add_argument("--global", dest="global_pruning", action="store_true",
                    help="rank channels of all groups together instead of cutting each group by --ratio")
     p.add_argument("--target", default="channels",
@@ -64,7 +64,8 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=int, default=None, metavar="N",
                    help="calibration samples to use (default 256; the rest, up to 256, are held out)")
     p.add_argument("--compensate", default="auto",
-                   help="none, bias, lstsq or all (default: all with --calib, else none)")
+                   help="none, bias, lstsq or all (default: all with --calib; without it bias from BatchNorm "
+                   "statistics where the model has BatchNorm, else none)")
     p.add_argument("--ridge", type=float, default=1e-3, help="least-squares regularisation (relative)")
     p.add_argument("--atol", type=float, default=None, help="fidelity check: absolute output tolerance")
     p.add_argument("--rtol", type=float, default=None, help="fidelity check: relative output tolerance")

@@ -29,11 +29,11 @@ class PruneOptions:
     calib: object = None  # .npz path, dict of arrays keyed by input name, or an iterable of feed dicts
     calib_samples: int | None = None
     reduction: str = "mean"  # how a unit's consumers/slices combine: mean, sum, max
-    normalize: str = "mean"  # per-group score normalisation for global ranking: mean, lamp, zscore, none
+    normalize: str = "lamp"  # per-group score normalisation for global ranking: lamp, mean, zscore, none
     global_pruning: bool = False
     target: str = "channels"  # what --ratio measures: channels, params, macs
     min_keep: int = 1  # units kept in every group at least
-    compensate: str = "auto"  # none, bias, lstsq, all (auto: all with calibration data, else none)
+    compensate: str = "auto"  # none, bias, lstsq, all (auto: all with data, bias from BatchNorm without, or none)
     ridge: float = 1e-3
     atol: float | None = None
     rtol: float | None = None

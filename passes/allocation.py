@@ -152,7 +152,7 @@ class Allocation:
 
 def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio: float, ratio_for=None,
              target: str = "channels", global_pruning: bool = False, max_ratio: float | None = None,
-             round_to: int = 1, min_keep: int = 1, normalize: str = "mean", options: dict | None = None
+             round_to: int = 1, min_keep: int = 1, normalize: str = "lamp", options: dict | None = None
              ) -> Allocation:
     """Plan a cut; `ratio_for(kind)` gives per-kind ratios for uniform channel allocation."""
     from graphprune.passes.scoring import normalize as norm

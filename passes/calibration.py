@@ -24,6 +24,7 @@ HELD_OUT_MAX = 256  # samples beyond the calibration ones kept aside for the fid
 ROWS_BUDGET = 1 << 16  # Gram rows per layer over the whole run (spatial positions are sampled beyond it)
 BATCH_BYTES = 128 << 20  # activation bytes per batch
 MAX_GRAM_DIM = 4096  # features of one Gram matrix (a wider layer gets channel statistics only)
+GRAM_BUDGET = 1 << 30  # bytes of Gram matrices held at once (more layers: more passes over the samples)
 
 
 # ---- calibration data ------------------------------------------------------------------------------
@@ -474,7 +475,20 @@ class InputStats:
     def dead_rate(self) -> np.ndarray:
         return self.zeros / max(self.count, 1)
 
-    def add(self, x: np.ndarray, rows: np.ndarray | None) -> None:
+    def add(self, x: np.ndarray | None, rows: np.ndarray | None) -> None:
+        if x is not None:
+            self._add_channels(x)
+        if rows is not None:
+            r = rows.astype(np.float64, copy=False)
+            g = cross(r, r)
+            if self.gram is None:
+                self.gram, self.rsum = g, r.sum(axis=0)
+            else:
+                self.gram += g
+                self.rsum += r.sum(axis=0)
+            self.rows += len(r)
+
+    def _add_channels(self, x: np.ndarray) -> None:
         x64 = x.astype(np.float64, copy=False)
         ax = self.layer.x_axis
         red = tuple(i for i in range(x.ndim) if i != ax)
@@ -487,15 +501,6 @@ class InputStats:
             self.sumsq += ss
             self.zeros += z
         self.count += x.size // x.shape[ax]
-        if rows is not None:
-            r = rows.astype(np.float64, copy=False)
-            g = cross(r, r)
-            if self.gram is None:
-                self.gram, self.rsum = g, r.sum(axis=0)
-            else:
-                self.gram += g
-                self.rsum += r.sum(axis=0)
-            self.rows += len(r)
 
 
 def cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -525,15 +530,47 @@ def gram_fits(layer: LinearLayer, w_shape) -> bool:
     return layer.in_features(w_shape) * layer.taps <= MAX_GRAM_DIM
 
 
+def gram_bytes(layer: LinearLayer, w_shape) -> int:
+    """Bytes of a layer's Gram matrices (float64, all groups)."""
+    d = layer.in_features(w_shape) * layer.taps + 1
+    groups = layer.groups if layer.op == "Conv" else 1
+    return 8 * d * d * groups
+
+
+def by_budget(items: list, size, budget: int | None = None) -> list[list]:
+    """Consecutive chunks of `items` whose sizes add up to at most `budget` (GRAM_BUDGET; one item at
+    least)."""
+    budget = GRAM_BUDGET if budget is None else budget
+    out, cur, used = [], [], 0
+    for it in items:
+        b = size(it)
+        if cur and used + b > budget:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(it)
+        used += b
+    return out + ([cur] if cur else [])
+
+
 def collect(model: onnx.ModelProto, layers: dict[str, LinearLayer], calib: Calibration,
             gram: set[str] | None = None, shapes: dict | None = None, seed: int = 0) -> dict[str, InputStats]:
-    """One pass over the calibration samples: InputStats for each layer (keyed by output name); Gram
-    matrices for the layers named in `gram`."""
-    gram = gram or set()
+    """InputStats for each layer (keyed by output name), with Gram matrices for the layers named in
+    `gram`: one pass over the calibration samples, or more when the Gram matrices together would exceed
+    GRAM_BUDGET (each pass then holds only some of them)."""
     inits = {t.name: t for t in model.graph.initializer}
+    gram = [y for y in layers if y in (gram or set()) and gram_fits(layers[y], list(inits[layers[y].w].dims))]
+    chunks = by_budget(gram, lambda y: gram_bytes(layers[y], list(inits[layers[y].w].dims))) or [[]]
+    stats: dict[str, InputStats] = {}
+    for i, chunk in enumerate(chunks):
+        todo = layers if i == 0 else {y: layers[y] for y in chunk}
+        _collect_pass(model, todo, calib, set(chunk), shapes, seed, stats, channels=i == 0)
+    return stats
+
+
+def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: bool) -> None:
     tensors = sorted({layer.x for layer in layers.values()})
     if not tensors:
-        return {}
+        return
     per_sample = 0
     for y, layer in layers.items():
         xs = (shapes or {}).get(layer.x)
@@ -541,11 +578,9 @@ def collect(model: onnx.ModelProto, layers: dict[str, LinearLayer], calib: Calib
         per_sample += 4 * size * (layer.taps if y in gram else 1)
     bs = batch_size(calib, per_sample)
     probe = Probe(model, tensors, calib)
-    stats = {}
     rng = np.random.default_rng(seed)
     n = calib.n_train
-    total = -(-n // bs)
-    with progress("calibration statistics", total) as advance:
+    with progress("calibration statistics", -(-n // bs)) as advance:
         for feeds in batches(calib.train, bs):
             acts = probe.run(feeds)
             for y, layer in layers.items():
@@ -553,13 +588,9 @@ def collect(model: onnx.ModelProto, layers: dict[str, LinearLayer], calib: Calib
                 st = stats.get(y)
                 if st is None:
                     st = stats[y] = InputStats(layer, x.shape[layer.x_axis])
-                rows = None
-                if y in gram and gram_fits(layer, list(inits[layer.w].dims)):
-                    pick = row_pick(layer, x.shape, n, rng)
-                    rows = layer.rows(x, pick)
-                st.add(x, rows)
+                rows = layer.rows(x, row_pick(layer, x.shape, n, rng)) if y in gram else None
+                st.add(x if channels else None, rows)
             advance()
-    return stats
 
 
 __all__ = ["Calibration", "InputStats", "LinearLayer", "Probe", "batches", "collect", "linear_layers", "load",

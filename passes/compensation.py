@@ -27,8 +27,8 @@ from onnx import helper, numpy_helper
 from graphprune.errors import UsageError
 from graphprune.io import tensor_array
 
-from .calibration import (Calibration, LinearLayer, Probe, batch_size, batches, cross, gram_fits, linear_layers,
-                          progress, row_pick, session_for)
+from .calibration import (Calibration, LinearLayer, Probe, batch_size, batches, by_budget, cross, gram_bytes,
+                          gram_fits, linear_layers, progress, row_pick, session_for)
 
 MODES = ("auto", "none", "bias", "lstsq", "all")
 RIDGE = 1e-3  # relative to the mean diagonal of a layer's input Gram matrix
@@ -36,10 +36,12 @@ DRIFTED = "lstsq"  # what `all` does to a layer whose inputs changed but lost no
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
-def resolve(mode: str, have_data: bool) -> str:
+def resolve(mode: str, have_data: bool, have_estimates: bool = False) -> str:
+    """What `auto` stands for: `all` with calibration data; without it, `bias` from BatchNorm statistics
+    where the model has them (data-free), else `none`."""
     if mode != "auto":
         return mode
-    return "all" if have_data else "none"
+    return "all" if have_data else ("bias" if have_estimates else "none")
 
 
 class _Model:
@@ -226,7 +228,11 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis, rem
             raise UsageError(f"--compensate {mode} needs calibration data (--calib)")
         _bias_from_estimates(pm, plan, estimates, kept, view, info)
         return out, info
-    waves = _waves(out, set(plan))
+    def size(y):  # a wave's Gram matrices are held together: split it where they would not fit
+        action, _, player, _ = plan[y]
+        return gram_bytes(player, list(pm.inits[pm.node_of[y].input[1]].dims)) if action == "lstsq" else 0
+
+    waves = [part for wave in _waves(out, set(plan)) for part in by_budget(wave, size)]
     with progress(f"compensation ({mode}): layer by layer", len(waves)) as advance:
         for wave in waves:
             _run_wave(original, pm, {y: plan[y] for y in wave}, calib, ridge, shapes, info, seed)

@@ -25,7 +25,7 @@ from graphprune.errors import UsageError
 IMPORTANCES = ("auto", "l2", "l1", "random", "dead", "wanda", "fluctuation", "reconstruction")
 DATA_AWARE = ("dead", "wanda", "fluctuation", "reconstruction")
 REDUCTIONS = ("mean", "sum", "max")
-NORMALIZATIONS = ("mean", "lamp", "zscore", "none")
+NORMALIZATIONS = ("lamp", "mean", "zscore", "none")
 DAMPING = 1e-2  # ridge of the OBS inverse, relative to the mean diagonal of the Gram matrix
 
 
@@ -259,53 +259,66 @@ def normalize(s: np.ndarray, method: str) -> np.ndarray:
 
 # ---- data-free estimates from BatchNorm ------------------------------------------------------------
 _PASS = {"Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
-_RECTIFY = {"Relu", "Clip"}
 
 
 def batchnorm_estimates(analysis, layers: dict) -> dict:
-    """InputStats estimated from BatchNorm: a layer reading BN -> [ReLU] -> ... sees per channel a
-    N(beta, gamma^2) value, rectified by the ReLU (Clip read as a ReLU). Only layers reached that way."""
+    """InputStats estimated from BatchNorm, without data: a BatchNormalization output is per channel
+    N(beta, gamma^2); a ReLU (or Clip at 0) rectifies it, an Add of two such tensors adds means and
+    variances (independent branches: residual blocks), pooling and Identity pass it on. Layers whose input
+    cannot be traced back that way get no estimate."""
     from graphprune.passes.calibration import InputStats
 
     view = analysis.view
+    memo: dict[str, tuple | None] = {}
     out = {}
     for y, layer in layers.items():
-        t, rect = layer.x, False
-        bn = None
-        for _ in range(8):
-            p = view.producer.get(t)
-            if p is None:
-                break
-            node = view.nodes[p]
-            if node.op_type == "BatchNormalization":
-                bn = node
-                break
-            if node.op_type in _RECTIFY and not rect:
-                if node.op_type == "Clip":
-                    lo = view.const_value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-                    if lo is None or float(np.asarray(lo).reshape(-1)[0]) != 0.0:
-                        break
-                rect = True
-            elif node.op_type not in _PASS:
-                break
-            t = node.input[0]
-        if bn is None:
-            continue
-        gamma, beta = view.const_value(bn.input[1]), view.const_value(bn.input[2])
+        est = _estimate(view, layer.x, memo, 0)
         shape = view.shape(layer.x)
-        if gamma is None or beta is None or shape is None or shape[layer.x_axis] != len(gamma):
+        if est is None or shape is None or shape[layer.x_axis] != len(est[0]):
             continue
-        mu, sd = beta.astype(np.float64), np.abs(gamma.astype(np.float64)) + 1e-12
-        mean, meansq, dead = _moments(mu, sd, rect)
-        st = InputStats(layer, len(mu), count=1, sum=mean, sumsq=meansq, zeros=dead, estimated=True)
-        out[y] = st
+        mean, var, dead = est
+        out[y] = InputStats(layer, len(mean), count=1, sum=mean, sumsq=var + mean ** 2, zeros=dead,
+                            estimated=True)
     return out
 
 
-def _moments(mu: np.ndarray, sd: np.ndarray, rect: bool):
-    """Mean, mean square and P(0) of N(mu, sd^2), or of its ReLU."""
-    if not rect:
-        return mu, mu ** 2 + sd ** 2, np.zeros_like(mu)
+def _estimate(view, t: str, memo: dict, depth: int):
+    """(mean, var, P(0)) per channel of tensor t, from BatchNorm statistics upstream; None if unknown."""
+    if t in memo:
+        return memo[t]
+    memo[t] = None
+    p = view.producer.get(t)
+    if p is None or depth > 64:
+        return None
+    node = view.nodes[p]
+    op = node.op_type
+    est = None
+    if op == "BatchNormalization" and len(node.input) >= 3:
+        gamma, beta = view.const_value(node.input[1]), view.const_value(node.input[2])
+        if gamma is not None and beta is not None:
+            g = gamma.astype(np.float64).reshape(-1)
+            est = (beta.astype(np.float64).reshape(-1), g ** 2, np.zeros_like(g))
+    elif op in ("Relu", "Clip"):
+        if op == "Clip":
+            lo = view.const_value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+            if lo is None or float(np.asarray(lo).reshape(-1)[0]) != 0.0:
+                memo[t] = None
+                return None
+        src = _estimate(view, node.input[0], memo, depth + 1)
+        if src is not None:
+            est = _rectified(src[0], np.sqrt(src[1]) + 1e-12)
+    elif op in _PASS:
+        est = _estimate(view, node.input[0], memo, depth + 1)
+    elif op == "Add" and len(node.input) == 2:
+        a, b = (_estimate(view, x, memo, depth + 1) for x in node.input)
+        if a is not None and b is not None and len(a[0]) == len(b[0]):
+            est = (a[0] + b[0], a[1] + b[1], a[2] * b[2])
+    memo[t] = est
+    return est
+
+
+def _rectified(mu: np.ndarray, sd: np.ndarray):
+    """Mean, variance and P(0) of ReLU(N(mu, sd^2))."""
     from math import erf, pi, sqrt
 
     a = mu / sd
@@ -313,4 +326,4 @@ def _moments(mu: np.ndarray, sd: np.ndarray, rect: bool):
     pdf = np.exp(-0.5 * a ** 2) / sqrt(2 * pi)
     mean = mu * cdf + sd * pdf
     meansq = (mu ** 2 + sd ** 2) * cdf + mu * sd * pdf
-    return mean, meansq, 1.0 - cdf
+    return mean, np.maximum(meansq - mean ** 2, 0.0), 1.0 - cdf

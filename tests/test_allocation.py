@@ -126,3 +126,21 @@ def test_option_errors():
         graphprune.prune(cnn(), min_keep=0)
     with pytest.raises(UsageError, match="only apply with --target channels"):
         graphprune.prune(cnn(), target="macs", head_ratio=0.5)
+
+
+def test_cli_global_macs_with_calibration(tmp_path, capsys):
+    from graphprune.cli import main
+
+    onnx.save(cnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32))
+    rc = main([str(tmp_path / "m.onnx"), "--global", "--target", "macs", "--ratio", "0.5", "--calib",
+               str(tmp_path / "c.npz"), "--calib-samples", "30", "-o", str(tmp_path / "o.onnx"),
+               "--report", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and (tmp_path / "o.onnx").exists()
+    assert "allocation: global, macs removed" in out and "fidelity on 10 held-out" in out
+    import json
+
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["fidelity"]["held_out"] and rep["quality"]["compensation"]["mode"] == "all"
+    assert abs(1 - rep["summary"]["macs"]["ratio"] - 0.5) < 0.04

@@ -167,3 +167,26 @@ def test_no_progress_bar_off_a_terminal(capsys):
         progress.enable(False)
     out, err = capsys.readouterr()
     assert out == "" and err == ""
+
+
+def test_gram_budget_splits_passes_without_changing_results(monkeypatch):
+    m = small_cnn()
+    view = GraphView(m)
+    layers = calibration.linear_layers(m, {n.input[0]: view.shape(n.input[0]) for n in m.graph.node})
+    cal = calibration.load({"x": samples(30)}, m)
+    one = calibration.collect(m, layers, cal, gram=set(layers))
+    calls = []
+    real = calibration.Probe
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(calibration, "GRAM_BUDGET", 1)
+    monkeypatch.setattr(calibration, "Probe", counting)
+    split = calibration.collect(m, layers, cal, gram=set(layers))
+    assert len(calls) == 3  # one pass per Gram matrix
+    for y in layers:
+        np.testing.assert_allclose(split[y].gram, one[y].gram)
+        np.testing.assert_allclose(split[y].sum, one[y].sum)
+        assert split[y].count == one[y].count and split[y].rows == one[y].rows

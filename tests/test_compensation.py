@@ -169,3 +169,16 @@ def test_cli_fidelity_failure_writes_nothing(tmp_path):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main(base + ["--compensate", "bias"])
     assert rc == 0 and "PASSED" in out.getvalue() and (tmp_path / "o.onnx").exists()
+
+
+def test_statistics_correction_where_a_layer_is_too_wide_for_a_gram_matrix(monkeypatch):
+    from graphprune.passes import calibration
+
+    m = resnetish()
+    cal = feeds(200, (3, 8, 8))
+    none = graphprune.prune(m, ratio=0.5, calib=cal, calib_samples=150, importance="l2", compensate="none")
+    monkeypatch.setattr(calibration, "MAX_GRAM_DIM", 8)  # every conv is "too wide": no Gram matrices
+    r = graphprune.prune(m, ratio=0.5, calib=cal, calib_samples=150, importance="l2", compensate="all")
+    layers = r.report.quality["compensation"]["layers"]
+    assert set(layers.values()) == {"stats", "lstsq"} and layers["c2_out"] == "stats"
+    assert out_of(r)["relative_error"] < out_of(none)["relative_error"]
