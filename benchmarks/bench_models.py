@@ -36,7 +36,7 @@ LLAMA_SIZES = {
                      num_key_value_heads=4, layers_from=2),  # the TinyLlama-1.1B shape
 }
 # Depth series at fixed width (hidden 768, as llama_100m): compiler time against node count.
-for _n in (16, 32, 64):
+for _n in (8, 16, 32, 64):
     LLAMA_SIZES[f"llama_768x{_n}"] = dict(LLAMA_SIZES["llama_100m"], num_hidden_layers=_n, layers_from=2)
 
 
@@ -150,9 +150,11 @@ def llama(name: str, cache: pathlib.Path = CACHE) -> pathlib.Path:
         return path
     size = dict(LLAMA_SIZES[name])
     grow_from = size.pop("layers_from", None)
-    if grow_from:
-        LLAMA_SIZES[f"{name}__seed"] = dict(size, num_hidden_layers=grow_from)
-        seed = llama(f"{name}__seed", cache)
+    if grow_from:  # one 2-layer seed per width, shared by every depth grown from it
+        seed_name = "llama_seed_h{hidden_size}_i{intermediate_size}_a{num_attention_heads}_kv{num_key_value_heads}" \
+            .format(**size)
+        LLAMA_SIZES[seed_name] = dict(size, num_hidden_layers=grow_from)
+        seed = llama(seed_name, cache)
         return clone_layers(seed, size["num_hidden_layers"], path)
     import torch
 
