@@ -40,7 +40,8 @@ MODELS = {  # label: (builder name, needs dynamic batch from the CNN zoo)
 }
 LABELS = {"resnet50": "ResNet-50", "mobilenetv2": "MobileNetV2", "bert_base": "BERT-base", "vit_base": "ViT-B/16"}
 BARS = {("resnet50", None): 0.95, ("bert_base", None): 0.95, ("mobilenetv2", 8): 0.85}
-RECOMMENDED_ROUND_TO = 16  # the main table's round-to; see "Choosing --round-to" in results/speed.md
+DEFAULT_ROUND_TO = "auto"  # graphprune's default; the main table. See "Choosing --round-to" in results/speed.md
+SWEEP = [1, 8, 16, 32, "auto"]
 RAW = bench_models.CACHE / "speed_raw.json"
 PRUNED = bench_models.CACHE / "pruned"
 
@@ -61,15 +62,28 @@ def pruned_path(label: str, ratio: float, round_to: int) -> tuple[Path, dict]:
     out = PRUNED / f"{label}__r{ratio}__rt{round_to}__{src.stem[-12:]}.onnx"
     meta = out.with_suffix(".json")
     if out.exists() and meta.exists():
-        return out, json.loads(meta.read_text())
+        info = json.loads(meta.read_text())
+        if "sha256" in info:
+            return out, info
     t = time.perf_counter()
     res = graphprune.prune(src, ratio=ratio, round_to=round_to)
     save_model(res.model, out)
     rep = res.report.to_dict()
     info = {"summary": rep["summary"], "timings": rep["timings"], "groups_pruned": rep["groups_pruned"],
-            "oracle": rep["validation"].get("oracle_max_abs_diff"), "seconds": round(time.perf_counter() - t, 1)}
+            "oracle": rep["validation"].get("oracle_max_abs_diff"), "seconds": round(time.perf_counter() - t, 1),
+            "sha256": _sha256(out)}
     meta.write_text(json.dumps(info, indent=1))
     return out, info
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _load_raw() -> dict:
@@ -89,6 +103,15 @@ def measure(label, ratio, round_to, batch, raw, args) -> dict:
         return raw[key]
     orig = original_path(label)
     pruned, info = pruned_path(label, ratio, round_to)
+    for other in SWEEP:  # the same pruned model under another setting: one measurement, not two
+        if other != round_to and f"{label}|{ratio}|{other}|{batch}" in raw:
+            _, other_info = pruned_path(label, ratio, other)
+            if other_info["sha256"] == info["sha256"]:
+                row = dict(raw[f"{label}|{ratio}|{other}|{batch}"], round_to=round_to, same_model_as=other)
+                raw[key] = row
+                _save_raw(raw)
+                print(f"{label:12s} r={ratio} rt={round_to!s:<4s} b={batch}: same model as round-to {other}")
+                return row
     # Long models get fewer rounds: at least `repeat` rounds or `min_seconds`, whichever is more.
     res = bench(orig, pruned, batch=batch, warmup=args.warmup, repeat=args.repeat, min_seconds=args.min_seconds)
     macs = info["summary"]["macs"]
@@ -102,7 +125,7 @@ def measure(label, ratio, round_to, batch, raw, args) -> dict:
            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     raw[key] = row
     _save_raw(raw)
-    print(f"{label:12s} r={ratio} rt={round_to:<3d} b={batch}: {res.original.median_ms:9.2f} -> "
+    print(f"{label:12s} r={ratio} rt={round_to!s:<4s} b={batch}: {res.original.median_ms:9.2f} -> "
           f"{res.pruned.median_ms:9.2f} ms  speedup {res.speedup:.3f} (ideal {ideal:.3f}, "
           f"{res.speedup / ideal:.0%})", flush=True)
     return row
@@ -180,7 +203,7 @@ def write_markdown(raw: dict, args, default_rt: int, path: Path) -> None:
     L.append(_intro_notes(default_rt))
     main_rows = sorted((r for r in rows if r["round_to"] == default_rt),
                        key=lambda r: (list(MODELS).index(r["model"]), r["ratio"], r["batch"]))
-    L.append(f"## Realized vs ideal speedup (`--round-to {default_rt}`, the recommended setting)\n")
+    L.append(f"## Realized vs ideal speedup (`--round-to {default_rt}`, graphprune's default)\n")
     L.append("| model | ratio | batch | params kept | MACs kept | original ms | pruned ms | speedup | ideal | "
              "fraction of ideal | bar |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -192,9 +215,11 @@ def write_markdown(raw: dict, args, default_rt: int, path: Path) -> None:
                  f"{r['ideal']:.2f}x | {r['fraction']:.2f} | {verdict} |")
     L.append("")
     L.append("## `--round-to` sweep\n")
-    L.append("Same measurement for kept channel counts rounded to multiples of 1, 8, 16 and 32 (speedup and "
-             "fraction of ideal; each cell is its own interleaved run).\n")
-    rts = sorted({r["round_to"] for r in rows})
+    L.append("Same measurement for kept channel counts rounded to multiples of 1, 8, 16 and 32, and `auto` "
+             "(16, or 8 in groups of 16-31 channels): speedup and fraction of ideal; each cell is its own "
+             "interleaved run, except where a setting gives the very same model as another (same bytes), "
+             "which is measured once.\n")
+    rts = [rt for rt in SWEEP if any(r["round_to"] == rt for r in rows)]
     L.append("| model | ratio | batch | " + " | ".join(f"round-to {rt}" for rt in rts) + " |")
     L.append("|---|---|---|" + "---|" * len(rts))
     combos = sorted({(r["model"], r["ratio"], r["batch"]) for r in rows},
@@ -203,7 +228,9 @@ def write_markdown(raw: dict, args, default_rt: int, path: Path) -> None:
         cells = []
         for rt in rts:
             r = raw.get(f"{m}|{ratio}|{rt}|{b}")
-            cells.append("" if r is None else f"{r['speedup']:.2f}x ({r['fraction']:.2f}), MACs {r['macs_kept']:.3f}")
+            same = f" (= round-to {r['same_model_as']})" if r and r.get("same_model_as") else ""
+            cells.append("" if r is None else
+                         f"{r['speedup']:.2f}x ({r['fraction']:.2f}), MACs {r['macs_kept']:.3f}{same}")
         L.append(f"| {LABELS[m]} | {ratio} | {b} | " + " | ".join(cells) + " |")
     L.append("")
     L.append(_round_to_choice(raw, rts, default_rt))
@@ -212,7 +239,7 @@ def write_markdown(raw: dict, args, default_rt: int, path: Path) -> None:
              "ORT_ENABLE_ALL, CPU), original → pruned; `a→b` marks a count that changed:\n")
     for m in MODELS:
         for ratio in (0.3, 0.5):
-            for rt in sorted({1, default_rt}):
+            for rt in dict.fromkeys([1, default_rt]):
                 o = raw.get(f"ops|{m}|{ratio}|{rt}")
                 if o is None:
                     continue
@@ -276,9 +303,13 @@ def _round_to_choice(raw, rts, default_rt) -> str:
     for rt in rts:
         rs = [raw[f"{c[0]}|{c[1]}|{rt}|{c[2]}"] for c in full]
         g = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
-        lines.append(f"| {rt}{' (recommended)' if rt == default_rt else ''} | {g([r['speedup'] for r in rs]):.3f}x | "
+        lines.append(f"| {rt}{' (default)' if rt == default_rt else ''} | {g([r['speedup'] for r in rs]):.3f}x | "
                      f"{g([r['fraction'] for r in rs]):.3f} | {g([r['macs_kept'] for r in rs]):.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _rt(text: str):
+    return text if text == "auto" else int(text)
 
 
 def main(argv=None) -> int:
@@ -286,9 +317,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--round-to", nargs="+", type=int, default=[1, 8, 16, 32], dest="round_to")
-    p.add_argument("--default-round-to", type=int, default=None,
-                   help=f"the round-to of the main table (default: {RECOMMENDED_ROUND_TO})")
+    p.add_argument("--round-to", nargs="+", type=_rt, default=SWEEP, dest="round_to")
+    p.add_argument("--default-round-to", type=_rt, default=None,
+                   help=f"the round-to of the main table (default: {DEFAULT_ROUND_TO}, graphprune's default)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--min-seconds", type=float, default=8.0)
@@ -302,14 +333,16 @@ def main(argv=None) -> int:
                 for b in args.batches:
                     profile(args.profile, ratio, rt, b)
         return 0
-    default_rt = args.default_round_to or RECOMMENDED_ROUND_TO
+    default_rt = args.default_round_to or DEFAULT_ROUND_TO
     raw = _load_raw()
+    if args.fresh:  # forget the selected models' old rows (a stale row must not stand in for a new one)
+        raw = {k: v for k, v in raw.items() if k.removeprefix("ops|").split("|")[0] not in args.models}
     for label in args.models:
         for ratio in args.ratios:
             for rt in args.round_to:
                 for b in args.batches:
                     measure(label, ratio, rt, b, raw, args)
-            for rt in sorted({1, default_rt} & set(args.round_to)):
+            for rt in [rt for rt in dict.fromkeys([1, default_rt]) if rt in args.round_to]:
                 op_counts(label, ratio, rt, raw, args.fresh)
     if not args.no_write:
         write_markdown(raw, args, default_rt, HERE / "results" / "speed.md")

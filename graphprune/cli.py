@@ -23,6 +23,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _round_to_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got '{text}'")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="input ONNX model")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
@@ -44,7 +56,9 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of the channels of every group to remove")
     p.add_argument("-o", "--output", help="output path (default: MODEL.pruned.onnx next to the input)")
     p.add_argument("--report", metavar="PATH", help="write the report as JSON")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channel counts are multiples of N")
+    p.add_argument("--round-to", type=_round_to_arg, default="auto", metavar="N|auto",
+                   help="kept channel counts are multiples of N (1: exact counts); auto (default): 16, or 8 in "
+                   "groups of 16-31 channels (fast kernels work on channel blocks; see benchmarks/results/speed.md)")
     p.add_argument("--head-ratio", type=float, default=None, help="fraction of attention heads to remove (default: --ratio)")
     p.add_argument("--mlp-ratio", type=float, default=None, help="fraction of MLP neurons to remove (default: --ratio)")
     p.add_argument("--max-ratio", type=float, default=None, help="never remove more than this fraction of a group")

@@ -17,7 +17,7 @@ class PruneOptions:
     head_ratio: float | None = None  # attention heads (default: ratio)
     mlp_ratio: float | None = None  # MLP neurons of linear layers (default: ratio)
     max_ratio: float | None = None
-    round_to: int = 1
+    round_to: int | str = "auto"  # "auto": 16 (8 in groups of 16-31 channels), see passes/allocation.py
     exclude: tuple[str, ...] = ()
     importance: str = "auto"  # l2 without calibration data or BatchNorm, see passes/scoring.py
     input_shapes: dict = field(default_factory=dict)
@@ -53,10 +53,11 @@ class PruneOptions:
                 setattr(self, name, float(v))
         for name in ("round_to", "seed", "min_keep", "calib_samples"):
             v = getattr(self, name)
-            if v is None and name == "calib_samples":
+            if (v is None and name == "calib_samples") or (v == "auto" and name == "round_to"):
                 continue
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise UsageError(f"{name} must be an integer, got {v!r}")
+                kind = "an integer or 'auto'" if name == "round_to" else "an integer"
+                raise UsageError(f"{name} must be {kind}, got {v!r}")
             setattr(self, name, int(v))
         if not (0.0 <= self.ratio < 1.0):
             raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
@@ -66,8 +67,8 @@ class PruneOptions:
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
         if self.max_ratio is not None and not (0.0 <= self.max_ratio < 1.0):
             raise UsageError(f"--max-ratio must be in [0, 1), got {self.max_ratio}")
-        if self.round_to < 1:
-            raise UsageError(f"--round-to must be a positive integer, got {self.round_to}")
+        if self.round_to != "auto" and self.round_to < 1:
+            raise UsageError(f"--round-to must be 'auto' or a positive integer, got {self.round_to}")
         from graphprune.passes.scoring import IMPORTANCES
 
         if self.importance not in IMPORTANCES:

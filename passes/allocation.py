@@ -31,9 +31,12 @@ def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, cha
     keep = n - int(math.floor(n * r + 1e-9))
     if round_to > 1:
         q = round_to // math.gcd(round_to, channels_per_unit)
-        if q > 1 and n >= q:
-            keep = max(q, int(math.floor(keep / q + 0.5)) * q)
-            keep = min(keep, (n // q) * q) if keep > n else keep
+        if q > 1 and n >= q and keep < n:
+            # The nearest of the multiples of q and the whole group (an uncut group is never made smaller by
+            # rounding, so --ratio 0 changes nothing); at least one block is kept.
+            lower = max(q, (keep // q) * q)
+            upper = min(n, lower + q)
+            keep = lower if keep - lower < upper - keep else upper
             if max_ratio is not None:
                 # Rounding to the nearest multiple may round down past the cap: max_ratio is a promise,
                 # so round up instead (keeping the whole group when no multiple fits).
@@ -45,7 +48,7 @@ def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, cha
 
 
 def allocate_uniform(analysis, scores: dict[str, np.ndarray], ratio, fingerprint: str,
-                     max_ratio: float | None = None, round_to: int = 1, options: dict | None = None,
+                     max_ratio: float | None = None, round_to: int | str = 1, options: dict | None = None,
                      min_keep: int = 1) -> Plan:
     """`ratio` is a number, or a function of the group kind ("head", "mlp", "channel", "hidden")."""
     plan = Plan(fingerprint, options=dict(options or {}))
@@ -56,10 +59,23 @@ def allocate_uniform(analysis, scores: dict[str, np.ndarray], ratio, fingerprint
     return plan
 
 
+def group_round_to(g, round_to: int | str) -> int:
+    """The channel multiple a group's kept count is rounded to. Whole heads are never rounded (--round-to
+    is about channel counts). "auto" (the default) is 16 in groups of at least 32 channels and 8 in groups of
+    16 to 31: vectorised CPU kernels work on blocks of channels (ONNX Runtime's NCHWc layout: 8 with AVX2,
+    16 with AVX-512) and fall back to slower kernels, with layout conversions around them, for counts that
+    are not a multiple; GPU tensor cores want multiples of 8. benchmarks/results/speed.md measured it."""
+    if g.kind == "head":
+        return 1
+    if round_to != "auto":
+        return int(round_to)
+    channels = g.size * g.round_multiple
+    return 16 if channels >= 32 else 8 if channels >= 16 else 1
+
+
 def _uniform_keep(g, ratio, max_ratio, round_to, min_keep) -> int:
     multiple = 1 if g.kind == "head" else g.round_multiple
-    rt = 1 if g.kind == "head" else round_to  # whole heads: --round-to is about channel counts
-    return kept_count(g.size, ratio, max_ratio, rt, multiple, min_keep)
+    return kept_count(g.size, ratio, max_ratio, group_round_to(g, round_to), multiple, min_keep)
 
 
 def _cut(plan: Plan, g, s: np.ndarray, n_remove: int) -> None:
@@ -152,7 +168,7 @@ class Allocation:
 
 def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio: float, ratio_for=None,
              target: str = "channels", global_pruning: bool = False, max_ratio: float | None = None,
-             round_to: int = 1, min_keep: int = 1, normalize: str = "lamp", options: dict | None = None
+             round_to: int | str = 1, min_keep: int = 1, normalize: str = "lamp", options: dict | None = None
              ) -> Allocation:
     """Plan a cut; `ratio_for(kind)` gives per-kind ratios for uniform channel allocation."""
     from graphprune.passes.scoring import normalize as norm
@@ -235,7 +251,8 @@ def _closest(below: Plan, above: Plan, removed_of, ratio: float) -> Plan:
 
 def _round_removal(g, n_rm: int, round_to: int, limit: int) -> int:
     """Round the kept count up to a multiple of round_to (in channels) where the group allows it."""
-    if round_to <= 1 or n_rm <= 0 or g.kind == "head":
+    round_to = group_round_to(g, round_to)
+    if round_to <= 1 or n_rm <= 0:
         return n_rm
     q = round_to // math.gcd(round_to, g.round_multiple)
     if q <= 1 or g.size < q:

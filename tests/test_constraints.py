@@ -77,7 +77,7 @@ def test_grouped_convs_stay_divisible(model, ratio):
 
 
 def test_no_layer_drops_to_zero_channels(model):
-    res = graphprune.prune(model, ratio=0.99)
+    res = graphprune.prune(model, ratio=0.99, round_to=1)  # exact counts (auto keeps at least one block)
     for t in res.model.graph.initializer:
         assert all(d >= 1 for d in t.dims), (t.name, list(t.dims))
     for name, c in channel_dims(res.model).items():
@@ -154,6 +154,8 @@ def test_kept_count_properties():
                         q = round_to // math.gcd(round_to, per_unit)
                         if q > 1 and n >= q and k != n:
                             assert k % q == 0, (n, ratio, max_ratio, round_to, per_unit, k)
+                        if ratio == 0:
+                            assert k == n, (n, round_to, per_unit, k)  # rounding never cuts an uncut group
                         if round_to == 1:
                             r = ratio if max_ratio is None else min(ratio, max_ratio)
                             assert n - k == min(n - 1, math.floor(n * r + 1e-9))
@@ -291,3 +293,26 @@ def test_plan_roundtrip_through_the_api(model):
     plan = graphprune.Plan.from_json(a.plan.to_json())
     b = graphprune.prune(model, plan=plan)
     assert a.model.SerializeToString() == b.model.SerializeToString()
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_auto_round_to_keeps_whole_channel_blocks(ratio):
+    """The default (--round-to auto) keeps multiples of 16 in groups of 32+ channels, of 8 in groups of 16-31,
+    and leaves an uncut group alone (on MobileNetV2, whose widths 16/24/32/96/144... exercise all three)."""
+    from models import get_model
+
+    model = onnx.load(str(get_model("mobilenetv2")))
+    res = graphprune.prune(model, ratio=ratio)
+    before, after = weights(model), weights(res.model)
+    cut = 0
+    for name, w in after.items():
+        old = before[name]
+        if w.ndim != 4 or old.shape[0] == w.shape[0]:
+            continue
+        cut += 1
+        block = 16 if old.shape[0] >= 32 else 8 if old.shape[0] >= 16 else 1
+        assert w.shape[0] % block == 0, (name, old.shape, w.shape)
+    assert cut >= 10
+    exact = graphprune.prune(model, ratio=ratio, round_to=1)
+    odd = [n for n, w in weights(exact.model).items() if w.ndim == 4 and w.shape[0] % 8]
+    assert odd, "round_to=1 keeps exact counts (this model then has widths that are not multiples of 8)"
