@@ -1,9 +1,13 @@
 """`graphprune bench ORIGINAL PRUNED`: ONNX Runtime latency of two models, measured interleaved.
 
 Both sessions are built first (same options: intra-op threads = cores unless told, all graph optimisations),
-warmed up, then run alternately in ABBA order (original, pruned, pruned, original, ...) so that a noisy
-machine's drift (other jobs, frequency scaling, thermal state) lands on both models alike. The result is
-the median latency of each and their ratio; speedups should only be compared within one run.
+warmed up, then run alternately in ABBA order of blocks (a few runs of the original, of the pruned, of the
+pruned, of the original, ...) so that a noisy machine's drift (other jobs, frequency scaling, thermal state)
+lands on both models alike. The first run of each block is not counted: it pays for the switch (caches filled
+by the other model), and a model in service runs warm. Intra-op thread spinning is off: in an interleaved
+measurement the idle session's spinning threads take the cores from the running one (ResNet-50 at batch 1
+went from 57 to 97 ms with it on, which hides most of a pruned model's speedup). The result is the median
+latency of each and their ratio; speedups should only be compared within one run.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def _session(path: str, threads: int, optimized_path: str | None = None):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if optimized_path:
         so.optimized_model_filepath = optimized_path
@@ -113,18 +118,19 @@ def _timing(path: str, times: list[float], ops: dict | None) -> Timing:
 
 def bench(original, pruned, *, input_shapes: dict | None = None, batch: int | None = None,
           threads: int | None = None, warmup: int = 5, repeat: int = 30, seed: int = 0,
-          ops: bool = False, min_seconds: float = 0.0) -> BenchResult:
+          ops: bool = False, min_seconds: float = 0.0, block: int = 3) -> BenchResult:
     """Interleaved ONNX Runtime CPU latency of two models (paths) on the same synthetic inputs.
 
     `batch` fixes a dynamic axis 0 of every input; `input_shapes` fixes whole inputs ({name: dims}).
-    `repeat` rounds are run (each one run of each model), more if `min_seconds` has not passed yet.
+    `repeat` rounds are run (each one block of `block` runs of each model, the first of a block not counted
+    when block > 1), more if `min_seconds` has not passed yet.
     """
     original, pruned = os.fspath(original), os.fspath(pruned)
     for p in (original, pruned):
         if not Path(p).is_file():
             raise ModelError(f"{p}: no such file")
-    if warmup < 0 or repeat < 1:
-        raise UsageError("--warmup must be >= 0 and --repeat >= 1")
+    if warmup < 0 or repeat < 1 or block < 1:
+        raise UsageError("--warmup must be >= 0, --repeat and --block >= 1")
     if batch is not None and batch < 1:
         raise UsageError("--batch must be >= 1")
     threads = threads or os.cpu_count() or 1
@@ -143,9 +149,11 @@ def bench(original, pruned, *, input_shapes: dict | None = None, batch: int | No
     while r < repeat or time.perf_counter() - start < min_seconds:
         order = (0, 1) if r % 2 == 0 else (1, 0)  # ABBA: drift hits both models alike
         for k in order:
-            t = time.perf_counter()
-            sessions[k].run(None, feeds)
-            times[k].append(time.perf_counter() - t)
+            for j in range(block):
+                t = time.perf_counter()
+                sessions[k].run(None, feeds)
+                if j or block == 1:
+                    times[k].append(time.perf_counter() - t)
         r += 1
     del sessions
     op_counts = [optimized_op_counts(p, threads) for p in (original, pruned)] if ops else [None, None]

@@ -120,7 +120,9 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="size of a dynamic batch axis (axis 0)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (default: the number of cores)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up runs of each model")
-    p.add_argument("--repeat", type=int, default=30, help="measured runs of each model")
+    p.add_argument("--repeat", type=int, default=10, help="rounds: each runs a block of each model (ABBA order)")
+    p.add_argument("--block", type=int, default=3,
+                   help="runs per block; the first of a block (the switch from the other model) is not counted")
     p.add_argument("--ops", action="store_true", help="also count ops in ONNX Runtime's optimized graphs")
     p.add_argument("--seed", type=int, default=0, help="seed for the synthetic inputs")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -328,7 +330,8 @@ def _bench(args) -> int:
     from .bench import bench, format_result
 
     res = bench(args.original, args.pruned, input_shapes=parse_input_shapes(args.input_shape), batch=args.batch,
-                threads=args.threads or None, warmup=args.warmup, repeat=args.repeat, seed=args.seed, ops=args.ops)
+                threads=args.threads or None, warmup=args.warmup, repeat=args.repeat, seed=args.seed, ops=args.ops,
+                block=args.block)
     print(json.dumps(res.to_dict(), indent=1) if args.json else format_result(res))
     return 0
 

@@ -28,7 +28,7 @@ def test_bench_api_fields(pair):
     d = res.to_dict()
     for side in ("original", "pruned"):
         t = d[side]
-        assert t["runs"] == 3
+        assert t["runs"] == 3 * 2  # 3 rounds, blocks of 3 runs of which the first is not counted
         assert 0 < t["min_ms"] <= t["median_ms"] and t["p10_ms"] <= t["p90_ms"]
         assert isinstance(t["optimized_ops"], dict) and t["optimized_ops"]
     assert d["speedup"] > 0 and d["paired_speedup"] > 0
@@ -64,3 +64,9 @@ def test_bench_batch_and_bad_input(pair, tmp_path, capsys):
     rc = main(["bench", str(original), str(pruned), "--input-shape", "nope:1,2"])
     err = capsys.readouterr().err
     assert rc == 2 and "nope" in err
+
+
+def test_bench_block_of_one_counts_every_run(pair):
+    original, pruned = pair
+    res = bench(original, pruned, warmup=0, repeat=4, threads=1, block=1)
+    assert res.original.runs == res.pruned.runs == 4
