@@ -44,6 +44,7 @@ DEFAULT_ROUND_TO = "auto"  # graphprune's default; the main table. See "Choosing
 SWEEP = [1, 8, 16, 32, "auto"]
 RAW = bench_models.CACHE / "speed_raw.json"
 PRUNED = bench_models.CACHE / "pruned"
+MEASURED_NOW: set = set()  # raw keys measured by this invocation
 
 
 def original_path(label: str) -> Path:
@@ -103,12 +104,13 @@ def measure(label, ratio, round_to, batch, raw, args) -> dict:
         return raw[key]
     orig = original_path(label)
     pruned, info = pruned_path(label, ratio, round_to)
-    for other in SWEEP:  # the same pruned model under another setting: one measurement, not two
-        if other != round_to and f"{label}|{ratio}|{other}|{batch}" in raw:
+    for other in SWEEP:  # the same pruned model under another setting (measured in this run): measured once
+        if other != round_to and f"{label}|{ratio}|{other}|{batch}" in MEASURED_NOW:
             _, other_info = pruned_path(label, ratio, other)
             if other_info["sha256"] == info["sha256"]:
                 row = dict(raw[f"{label}|{ratio}|{other}|{batch}"], round_to=round_to, same_model_as=other)
                 raw[key] = row
+                MEASURED_NOW.add(key)
                 _save_raw(raw)
                 print(f"{label:12s} r={ratio} rt={round_to!s:<4s} b={batch}: same model as round-to {other}")
                 return row
@@ -125,6 +127,7 @@ def measure(label, ratio, round_to, batch, raw, args) -> dict:
            "pruned_p10_p90": [res.pruned.p10_ms, res.pruned.p90_ms], "threads": res.threads,
            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     raw[key] = row
+    MEASURED_NOW.add(key)
     _save_raw(raw)
     print(f"{label:12s} r={ratio} rt={round_to!s:<4s} b={batch}: {res.original.median_ms:9.2f} -> "
           f"{res.pruned.median_ms:9.2f} ms  speedup {res.speedup:.3f} (ideal {ideal:.3f}, "
@@ -200,7 +203,9 @@ def write_markdown(raw: dict, args, default_rt: int, path: Path) -> None:
              "`graphprune bench` runs): intra-op threads = cores, thread spinning off, "
              f"{args.warmup} warm-up runs, then original and pruned run alternately in blocks of {args.block} "
              f"(ABBA order of blocks; the first run of a block is not counted) for at least {args.repeat} rounds "
-             f"or {args.min_seconds:g} s; the speedup is the ratio of the medians. "
+             "and a minimum time: 8 s for the sweep (`python benchmarks/speed.py --fresh`), 20 s for the main "
+             "table's default setting (then `python benchmarks/speed.py --round-to auto --fresh --min-seconds "
+             "20`); the speedup is the ratio of the medians. "
              "Ideal = MACs before / MACs after (graphprune's report, convolutions and matrix products); "
              "fraction = realized / ideal.\n")
     L.append(_intro_notes(default_rt))
@@ -215,13 +220,13 @@ def write_markdown(raw: dict, args, default_rt: int, path: Path) -> None:
         verdict = "" if bar is None else (f"≥ {bar} ✅" if r["fraction"] >= bar else f"≥ {bar} ❌")
         L.append(f"| {LABELS[r['model']]} | {r['ratio']} | {r['batch']} | {r['params_kept']:.3f} | "
                  f"{r['macs_kept']:.3f} | {r['orig_ms']:.2f} | {r['pruned_ms']:.2f} | {r['speedup']:.2f}x | "
-                 f"{r['ideal']:.2f}x | {r['fraction']:.2f} | {verdict} |")
+                 f"{r['ideal']:.2f}x | {r['fraction']:.3f} | {verdict} |")
     L.append("")
     L.append("## `--round-to` sweep\n")
     L.append("Same measurement for kept channel counts rounded to multiples of 1, 8, 16 and 32, and `auto` "
-             "(16, or 8 in groups of 16-31 channels): speedup and fraction of ideal; each cell is its own "
-             "interleaved run, except where a setting gives the very same model as another (same bytes), "
-             "which is measured once.\n")
+             "(the default: 16, or 8 in groups of 16-31 channels): speedup and fraction of ideal; each cell is "
+             "its own interleaved run, except where a setting gives the very same model as another (same "
+             "bytes), which is measured once.\n")
     rts = [rt for rt in SWEEP if any(r["round_to"] == rt for r in rows)]
     L.append("| model | ratio | batch | " + " | ".join(f"round-to {rt}" for rt in rts) + " |")
     L.append("|---|---|---|" + "---|" * len(rts))
@@ -339,8 +344,12 @@ def main(argv=None) -> int:
         return 0
     default_rt = args.default_round_to or DEFAULT_ROUND_TO
     raw = _load_raw()
-    if args.fresh:  # forget the selected models' old rows (a stale row must not stand in for a new one)
-        raw = {k: v for k, v in raw.items() if k.removeprefix("ops|").split("|")[0] not in args.models}
+    if args.fresh:  # forget the selected cells' old rows (a stale row must not stand in for a new one)
+        def selected(key):
+            parts = key.removeprefix("ops|").split("|")
+            return (parts[0] in args.models and float(parts[1]) in args.ratios
+                    and _rt(parts[2]) in args.round_to and (len(parts) < 4 or int(parts[3]) in args.batches))
+        raw = {k: v for k, v in raw.items() if not selected(k)}
     for label in args.models:
         for ratio in args.ratios:
             for rt in args.round_to:

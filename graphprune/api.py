@@ -15,7 +15,7 @@ from .analysis import Analysis, AnalysisOptions
 from .analysis import analyze as _analyze
 from .errors import ModelError, UsageError
 from .graph import GraphView
-from .io import load_model
+from .io import load_model, load_model_for_pruning, materialize
 from .normalize import unshare_uniform_constants
 from .options import PruneOptions
 from .plan import Plan, fingerprint
@@ -178,7 +178,7 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
         options.check()
     t0 = time.perf_counter()
     timings = {}
-    m = load_model(model)
+    m, spilled = load_model_for_pruning(model)  # a large inline model is pruned memory-mapped
     _check_input_shapes(m, options.input_shapes)
     if options.validate:
         _check_runnable(m, "model" if isinstance(model, onnx.ModelProto) else os.fspath(model))
@@ -276,6 +276,8 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
         quality=quality,
         fidelity=fid,
     )
+    if spilled:  # the caller gave an inline model and gets one back
+        pruned = materialize(pruned)
     return PruneResult(pruned, report, plan, analysis)
 
 

@@ -44,6 +44,57 @@ def load_model(source) -> onnx.ModelProto:
     return model
 
 
+def load_model_for_pruning(source) -> tuple[onnx.ModelProto, bool]:
+    """`load_model`, and a large model stored inline (weights inside the .onnx file) has its weights moved to
+    a spill file, so that it is pruned like a model with external data: memory-mapped, never copied whole
+    (the work copy, the rewrite, ONNX Runtime's sessions). Returns (model, spilled); the caller turns a
+    spilled result back into an inline model with `materialize`."""
+    model = load_model(source)
+    if isinstance(source, onnx.ModelProto):
+        return model, False
+    return _spill_inline(model)
+
+
+INLINE_SPILL_BYTES = 256 << 20  # inline weights from this much on are spilled (load_model_for_pruning)
+_SPILL_TENSOR_BYTES = 1 << 20  # only tensors at least this big; small ones stay in the proto
+
+
+def _spill_inline(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    big = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL
+           and t.HasField("raw_data") and tensor_nbytes(t) >= _SPILL_TENSOR_BYTES]
+    if sum(tensor_nbytes(t) for t in big) < INLINE_SPILL_BYTES:
+        return model, False
+    spill = SpillFile()
+    for t in big:
+        spill.add_raw(t)
+    # protobuf keeps cleared bytes in the message's arena until the message itself goes: a fresh copy of the
+    # (now light) model lets the loaded one, and its weights, be freed.
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    return light, True
+
+
+def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which every lazy (memory-mapped) weight is read back into the proto: the inline model a
+    spilled one stands for."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if not is_lazy(t):
+            continue
+        info = _external_info(t)
+        n = tensor_nbytes(t)
+        with open(info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0) or 0))
+            data = f.read(n)
+        if len(data) != n:
+            raise ModelError(f"{info['location']}: spilled data for '{t.name}' ends early")
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+        t.raw_data = data
+    return out
+
+
 # ---- lazy external data ---------------------------------------------------------------------------------
 # A model with external data (at least LAZY_EXTERNAL_BYTES of it) is not read into memory: its initializers
 # stay EXTERNAL with the data file's absolute path as location (that is what marks them lazy), and are read
@@ -239,6 +290,15 @@ class SpillFile:
         _set_external(t, self.path, start, value.nbytes)
         self._offset = start + value.nbytes
         return t
+
+    def add_raw(self, t: onnx.TensorProto) -> None:
+        """Move an in-memory tensor's raw bytes into this file and point `t` at them."""
+        data = t.raw_data
+        start = self._start()
+        self._f.write(data)
+        self._f.flush()
+        _set_external(t, self.path, start, len(data))
+        self._offset = start + len(data)
 
     def add_copy(self, t: onnx.TensorProto) -> None:
         """Move a lazy tensor's bytes into this file (a kernel-side copy) and point `t` at them."""

@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .io import is_lazy, tensor_array
+
 
 def unshare_uniform_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Give each consumer its own copy of a shared initializer whose values are all equal.
@@ -27,9 +29,9 @@ def unshare_uniform_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
         if len(uses) < 2 or t.name in outputs:
             continue
         size = int(np.prod(t.dims)) if len(t.dims) else 1
-        if size < 2 or size > 1 << 20 or t.data_location == onnx.TensorProto.EXTERNAL:
+        if size < 2 or size > 1 << 20 or (t.data_location == onnx.TensorProto.EXTERNAL and not is_lazy(t)):
             continue
-        v = numpy_helper.to_array(t)
+        v = np.asarray(tensor_array(t))  # lazy (memory-mapped) weights are read too
         flat = v.reshape(-1)
         if not np.all(flat == flat[0]):
             continue

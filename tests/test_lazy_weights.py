@@ -121,3 +121,30 @@ def test_lazy_weights_through_compensation(ext, tmp_path):
     b = graphprune.prune(src, ratio=0.5, compensate="bias")
     va, vb = _values(a.model), _values(b.model)
     assert va.keys() == vb.keys() and all(np.allclose(va[k], vb[k], rtol=1e-6, atol=1e-7) for k in va)
+
+
+def test_large_inline_model_is_pruned_memory_mapped_and_comes_back_inline(ext, tmp_path, monkeypatch):
+    """An inline model over io.INLINE_SPILL_BYTES (lowered here) is spilled on load, pruned lazily, and the
+    result is an ordinary inline model with the very weights an in-memory prune gives."""
+    src, _ = ext
+    monkeypatch.setattr(io, "INLINE_SPILL_BYTES", 1)
+    monkeypatch.setattr(io, "_SPILL_TENSOR_BYTES", 256)
+    m, spilled = io.load_model_for_pruning(src)
+    assert spilled and io.has_lazy(m)
+    a = graphprune.prune(src, ratio=0.5, seed=3)
+    assert not io.has_lazy(a.model)
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in a.model.graph.initializer)
+    monkeypatch.setattr(io, "INLINE_SPILL_BYTES", 1 << 60)
+    b = graphprune.prune(src, ratio=0.5, seed=3)
+    va, vb = _values(a.model), _values(b.model)
+    assert va.keys() == vb.keys() and all(np.array_equal(va[k], vb[k]) for k in va)
+    assert a.report.validation["oracle_max_abs_diff"] is not None
+    out = tmp_path / "out.onnx"
+    assert main([str(src), "--ratio", "0.5", "-o", str(out), "--quiet"]) == 0  # the CLI, threshold back up
+    monkeypatch.setattr(io, "INLINE_SPILL_BYTES", 1)
+    out2 = tmp_path / "out2.onnx"
+    assert main([str(src), "--ratio", "0.5", "-o", str(out2), "--quiet"]) == 0
+    assert not (tmp_path / "out2.onnx.data").exists()  # written inline, like its input
+    assert _values(onnx.load(str(out2))).keys() == _values(onnx.load(str(out))).keys()
+    assert all(np.array_equal(x, y) for x, y in zip(_values(onnx.load(str(out2))).values(),
+                                                    _values(onnx.load(str(out))).values()))
