@@ -106,31 +106,39 @@ def _per_root(roots: np.ndarray, values: np.ndarray):
     return u, np.bincount(inv, weights=values, minlength=len(u)), np.bincount(inv, minlength=len(u)).astype(float)
 
 
+def _add_root_sums(analysis, sp, per_elem, root_score, root_slices, root_max) -> None:
+    u, sums, _ = _per_root(analysis.roots[sp.offset:sp.offset + sp.size], per_elem)
+    root_score[u] += sums
+    root_slices[u] += 1.0
+    root_max[u] = np.maximum(root_max[u], sums)
+
+
 def _magnitude(analysis, p: int, reduction: str) -> dict[str, np.ndarray]:
     n = len(analysis.roots)
     root_score = np.zeros(n, dtype=np.float64)
     root_slices = np.zeros(n, dtype=np.float64)
     root_max = np.full(n, -np.inf)
     view = analysis.view
-    seen = set()
+    by_tensor: dict[str, dict[int, object]] = {}  # weight -> axis -> role (each weight read once)
     for role in analysis.roles:
-        if not role.weight:
-            continue
-        node = view.nodes[role.node]
-        tensor = node.input[role.input_index]
-        if (tensor, role.axis) in seen:
-            continue
-        seen.add((tensor, role.axis))
+        if role.weight:
+            tensor = view.nodes[role.node].input[role.input_index]
+            by_tensor.setdefault(tensor, {}).setdefault(role.axis, role)
+    for tensor, roles in by_tensor.items():
         w = view.const_value(tensor)
-        sp = analysis.spaces.spaces[role.space]
-        if w is None or w.shape[role.axis] != sp.size:
+        if w is None:
             continue
-        w = np.abs(np.moveaxis(w.astype(np.float64), role.axis, 0).reshape(sp.size, -1))
-        per_elem = (w ** p).sum(axis=1)
-        u, sums, _ = _per_root(analysis.roots[sp.offset:sp.offset + sp.size], per_elem)
-        root_score[u] += sums
-        root_slices[u] += 1.0
-        root_max[u] = np.maximum(root_max[u], sums)
+        powered = None
+        for axis, role in roles.items():
+            sp = analysis.spaces.spaces[role.space]
+            if w.shape[axis] != sp.size:
+                continue
+            if powered is None:  # |w|^p once per weight, summed over the other axes per role (no copies)
+                powered = np.abs(w if w.dtype in (np.float32, np.float64) else w.astype(np.float64))
+                powered = powered if p == 1 else np.square(powered) if p == 2 else powered ** p
+            others = tuple(a for a in range(w.ndim) if a != axis)
+            per_elem = powered.sum(axis=others, dtype=np.float64) if others else powered.astype(np.float64)
+            _add_root_sums(analysis, sp, per_elem, root_score, root_slices, root_max)
     out = {}
     for g in analysis.prunable:
         if reduction == "sum":
