@@ -655,7 +655,10 @@ def markdown(results: list[dict], meta: dict) -> str:
            "anchors: their pruning call(s), including the ratio search for MAC targets and the export). "
            "Agreement: the fraction of test images whose predicted class is the unpruned model's. MACs kept: "
            "convolutions and matrix products of the exported ONNX model, counted by graphprune.report for every "
-           "row. Load average while it ran: " + meta.get("load", "?") + ".", ""]
+           "row. Load average while it ran: " + meta.get("load", "?") + "."
+           + (f" Partial run: {meta['partial_rerun']}; the other models' rows are from the run of "
+              f"{meta['earlier'].get('when', '?')} (numpy threads {meta['earlier'].get('blas_threads', '?')}, load "
+              f"{meta['earlier'].get('load', '?')})." if meta.get("earlier") else ""), ""]
     out += bars(results)
     out += NOTES
     for res in results:
@@ -779,6 +782,7 @@ def main(argv=None) -> int:
         results = [r for r in old["results"] if r["model"] not in ran] + results
         results.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
         meta["partial_rerun"] = f"{', '.join(sorted(ran))} rerun on {meta['when']}"
+        meta["earlier"] = old["meta"].get("earlier", old["meta"])  # the run the other rows come from
     out.write_text(markdown(results, meta))
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float))
     log(f"wrote {out}")
