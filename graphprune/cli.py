@@ -230,14 +230,7 @@ def _prune(args) -> int:
     if not args.dry_run and not failed:
         with progress.file_step(f"saving {out.name}", result.report.after.size_bytes):
             save_model(result.model, out)
-    if args.save_plan:
-        _write_text(args.save_plan, result.plan.to_json())
-    if args.report:
-        _write_text(args.report, json.dumps(report, indent=1, default=str))
-    if args.json:
-        print(json.dumps(report, indent=1, default=str))
-    elif not args.quiet:
-        print_prune(result, report)
+    _emit(args, result, report, lambda: print_prune(result, report))
     if failed:
         raise GraphpruneError(f"fidelity check FAILED (--atol {opts.atol}, --rtol {opts.rtol}); "
                               "no model written")
@@ -250,6 +243,12 @@ def _nothing_to_prune(args, result, report: dict) -> int:
 
     report["output"] = None
     report["nothing_to_prune"] = True
+    _emit(args, result, report, lambda: print_nothing_to_prune(result.analysis))
+    return 0
+
+
+def _emit(args, result, report: dict, show) -> None:
+    """The plan and report files asked for, then the report as JSON, or `show()` for people, or nothing."""
     if args.save_plan:
         _write_text(args.save_plan, result.plan.to_json())
     if args.report:
@@ -257,8 +256,7 @@ def _nothing_to_prune(args, result, report: dict) -> int:
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     elif not args.quiet:
-        print_nothing_to_prune(result.analysis)
-    return 0
+        show()
 
 
 def _write_text(path: str, text: str) -> None:

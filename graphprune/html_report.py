@@ -19,18 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .report import node_macs
+from .report import human, node_macs
 
 
 # ---- numbers ----------------------------------------------------------------------------------------------
-def _human(n: float) -> str:
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}P"
-
-
 def _unit_group(analysis) -> np.ndarray:
     """Group index of every unit root (-1 for roots outside channel groups)."""
     out = np.full(len(analysis.roots), -1, dtype=np.int64)
@@ -349,8 +341,8 @@ def render_html(analysis, plan=None, title: str = "model", sensitivity_rows=None
         if plan is not None:
             cells.append(f'<td class="num">{g["removed"]}</td>')
         cells += [f'<td><span class="tag {status}">{status}</span></td>',
-                  f'<td class="num" data-v="{g["params"]}">{_human(g["params"])}</td>',
-                  f'<td class="num" data-v="{g["macs"]}">{_human(g["macs"])}</td>',
+                  f'<td class="num" data-v="{g["params"]}">{human(g["params"], 3)}</td>',
+                  f'<td class="num" data-v="{g["macs"]}">{human(g["macs"], 3)}</td>',
                   f'<td class="nodes">{html.escape(nodes)}</td>',
                   f'<td class="why">{html.escape("; ".join(g["reasons"]))}</td>']
         body.append(f'<tr class="{status}" data-group="{html.escape(g["key"])}">{"".join(cells)}</tr>')

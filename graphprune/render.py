@@ -7,13 +7,7 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
-
-def _human(n: float) -> str:
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000:
-            return f"{n:.4g}{unit}"
-        n /= 1000
-    return f"{n:.4g}P"
+from .report import human
 
 
 def _bytes(n: float) -> str:
@@ -81,7 +75,7 @@ def print_prune(result, report: dict, console: Console | None = None) -> None:
     t = Table(title="graphprune")
     for col in ("", "before", "after", "change"):
         t.add_column(col, justify="right")
-    for label, attr, fmt in (("parameters", "params", _human), ("MACs", "macs", _human),
+    for label, attr, fmt in (("parameters", "params", human), ("MACs", "macs", human),
                              ("file size", "size_bytes", _bytes), ("nodes", "nodes", str)):
         b, a = getattr(rep.before, attr), getattr(rep.after, attr)
         change = f"{(a / b - 1) * 100:+.1f}%" if b else "-"

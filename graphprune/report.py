@@ -11,6 +11,15 @@ from .graph import GraphView
 from .io import model_nbytes
 
 
+def human(n: float, digits: int = 4) -> str:
+    """A count with a K/M/G/T suffix and `digits` significant digits (tables, the HTML page)."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.{digits}g}{unit}"
+        n /= 1000
+    return f"{n:.{digits}g}P"
+
+
 @dataclass
 class ModelStats:
     params: int

@@ -219,7 +219,8 @@ def _external(folder: Path, location: str = "m.data") -> Path:
     return p
 
 
-def _set_location(path: Path, location: str) -> None:
+def set_location(path: Path, location: str) -> None:
+    """Point every external-data initializer of the model file at `location`."""
     m = onnx.load(str(path), load_external_data=False)
     for t in m.graph.initializer:
         for e in t.external_data:
@@ -238,7 +239,7 @@ def _external_parent(folder):
     (folder / "inner").mkdir()
     p = _external(folder / "inner")
     os.replace(folder / "inner" / "m.data", folder / "secret.data")
-    _set_location(p, "../secret.data")
+    set_location(p, "../secret.data")
     return ["inner/" + MODEL]
 
 
@@ -246,7 +247,7 @@ def _external_absolute(folder):
     (folder / "inner").mkdir()
     p = _external(folder / "inner")
     os.replace(folder / "inner" / "m.data", folder / "secret.data")
-    _set_location(p, str((folder / "secret.data").resolve()))
+    set_location(p, str((folder / "secret.data").resolve()))
     return ["inner/" + MODEL]
 
 

@@ -9,12 +9,12 @@ import stat
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
 import graphprune
 from graphprune import io, runtime
 from graphprune.cli import main
 
+from .corpus import set_location
 from .tinynet import tinynet
 
 
@@ -39,15 +39,6 @@ def save_external(model_path, folder, location="m.data") -> os.PathLike:
     onnx.save_model(onnx.load(str(model_path)), str(out), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=location, size_threshold=0)
     return out
-
-
-def set_location(path, location) -> None:
-    m = onnx.load(str(path), load_external_data=False)
-    for t in m.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = location
-    onnx.save_model(m, str(path))
 
 
 # ---- atomic save ----------------------------------------------------------------------------------------

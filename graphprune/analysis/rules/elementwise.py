@@ -46,7 +46,7 @@ def cast_like(ctx):
 
 
 def _axis_op(ctx, axis, what):
-    x, y = ctx.input(0), ctx.output(0)
+    x = ctx.input(0)
     r = ctx.rank(x)
     if r is None:
         ctx.freeze_node(f"{ctx.op} '{ctx.name}': input shape unknown")
