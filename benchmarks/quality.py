@@ -211,7 +211,7 @@ def predictions(model, x) -> np.ndarray:
 
 
 def macs_params(model, shapes=None) -> tuple[int, int]:
-    from graphprune.graph import GraphView
+    from graphprune.core.graph import GraphView
     from graphprune.report import stats
 
     m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
@@ -586,7 +586,7 @@ def run_text(quick: bool, log) -> dict:
     path = export_lm(lm, CACHE / "text_lm.onnx")
     model = onnx.load(str(path))
     shapes = {"ids": [1, CONTEXT]}
-    from graphprune.graph import GraphView
+    from graphprune.core.graph import GraphView
     from graphprune.report import stats
 
     base_stats = stats(model, GraphView(model, shapes))

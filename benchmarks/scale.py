@@ -129,12 +129,12 @@ t = time.perf_counter()
 import graphprune
 import onnxruntime
 from graphprune.analysis import AnalysisOptions, analyze
-from graphprune.graph import GraphView
-from graphprune.io import load_model_for_pruning, save_model
-from graphprune.normalize import unshare_uniform_constants
+from graphprune.core.graph import GraphView
+from graphprune.core.io import load_model_for_pruning, save_model
+from graphprune.passes.normalize import unshare_uniform_constants
 from graphprune.passes import allocation, rewrite, scoring
-from graphprune.plan import fingerprint
-import graphprune.runtime as _rt
+from graphprune.analysis.plan import fingerprint
+import graphprune.core.runtime as _rt
 _ort = [0.0]  # seconds spent creating ONNX Runtime sessions (GraphView probes dynamic dims with one)
 _session = _rt.session
 def _timed_session(*a, **k):

@@ -31,7 +31,7 @@ from results_io import cpu_name, kept_section, load_raw, save_raw  # noqa: E402
 
 import graphprune  # noqa: E402
 from graphprune.bench import bench, optimized_op_counts  # noqa: E402
-from graphprune.io import save_model  # noqa: E402
+from graphprune.core.io import save_model  # noqa: E402
 
 MODELS = {  # label: (builder name, needs dynamic batch from the CNN zoo)
     "resnet50": "resnet50_full",

@@ -10,15 +10,16 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from . import __version__, progress
+from . import __version__
+from .core import progress
 from .analysis import Analysis, AnalysisOptions
 from .analysis import analyze as _analyze
 from .errors import ModelError, UsageError
-from .graph import GraphView
-from .io import load_model, load_model_for_pruning, materialize
-from .normalize import unshare_uniform_constants
+from .core.graph import GraphView
+from .core.io import load_model, load_model_for_pruning, materialize
+from .passes.normalize import unshare_uniform_constants
 from .options import PruneOptions
-from .plan import Plan, fingerprint
+from .analysis.plan import Plan, fingerprint
 from .report import Report, stats
 
 
@@ -150,8 +151,7 @@ def from_torch(module, example_inputs, opset: int = 17) -> onnx.ModelProto:
             torch.onnx.export(module, example_inputs, buf, dynamo=False, opset_version=opset,
                               input_names=names, do_constant_folding=True)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"torch.onnx.export of {type(module).__name__} failed: {first}") from None
+        raise ModelError(f"torch.onnx.export of {type(module).__name__} failed: {first_line(exc, 1000)}") from None
     finally:
         module.train(training)
     return onnx.load_from_string(buf.getvalue())
@@ -251,7 +251,7 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
         if calib is not None:
             feeds, held = (calib.held_out, True) if calib.held_out else (calib.train, False)
         else:
-            from .runtime import synthetic_inputs
+            from .core.runtime import synthetic_inputs
 
             feeds, held = synthetic_inputs(m, options.input_shapes, seed=options.seed), False
         fid = compensation.fidelity(m, pruned, feeds, options.atol, options.rtol, held, calib)

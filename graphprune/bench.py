@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, first_line
 
 
 @dataclass
@@ -69,9 +69,7 @@ def _session(path: str, threads: int, optimized_path: str | None = None):
     try:
         return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        msg = str(exc).strip().splitlines()
-        raise ModelError(f"{path}: ONNX Runtime cannot load it ({msg[0][:200] if msg else type(exc).__name__})") \
-            from None
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
 
 
 def optimized_op_counts(path: str, threads: int = 1) -> dict:
@@ -85,8 +83,8 @@ def optimized_op_counts(path: str, threads: int = 1) -> dict:
 
 
 def _feeds(path: str, input_shapes: dict, batch: int | None, seed: int) -> tuple[dict, dict]:
-    from .graph import concrete_input_shapes
-    from .runtime import synthetic_inputs
+    from .core.graph import concrete_input_shapes
+    from .core.runtime import synthetic_inputs
 
     m = onnx.load(path, load_external_data=False)
     inits = {t.name for t in m.graph.initializer}

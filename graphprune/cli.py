@@ -13,8 +13,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, progress
-from .errors import GraphpruneError, UsageError
+from . import __version__
+from .core import progress
+from .errors import GraphpruneError, UsageError, first_line
 from .options import PruneOptions, parse_input_shapes
 
 
@@ -166,7 +167,7 @@ def _main(argv: list[str], debug: bool) -> int:
     except Exception as exc:  # noqa: BLE001 - never a traceback for users
         if debug:
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc, limit=1000)
         print(f"graphprune: internal error: {type(exc).__name__}: {msg} (rerun with --debug)", file=sys.stderr)
         return 1
 
@@ -190,8 +191,8 @@ def _default_output(model: str) -> Path:
 
 def _prune(args) -> int:
     from .api import prune
-    from .io import save_model
-    from .plan import Plan
+    from .core.io import save_model
+    from .analysis.plan import Plan
     from .render import print_prune
 
     opts = _options(args)
@@ -260,7 +261,7 @@ def _emit(args, result, report: dict, show) -> None:
 
 
 def _write_text(path: str, text: str) -> None:
-    from .io import write_text_atomic
+    from .core.io import write_text_atomic
 
     write_text_atomic(path, text)
 

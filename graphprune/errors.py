@@ -19,3 +19,10 @@ class ModelError(GraphpruneError):
 
 class ValidationError(GraphpruneError):
     """The pruned model failed validation; nothing was written."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message reduced to its first line (at most `limit` characters), or its type name:
+    what the one-line error messages quote of a library's long, multi-line errors."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

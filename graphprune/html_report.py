@@ -171,8 +171,8 @@ def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SEN
     oracle's masked model, which equals the pruned one (the tests prove it), so nothing is rewritten."""
     from graphprune.passes import scoring
 
-    from .oracle import masked_model
-    from .runtime import session
+    from .passes.oracle import masked_model
+    from .core.runtime import session
 
     model = analysis.view.model
     batches = list(_batches(model, feeds))
@@ -186,8 +186,7 @@ def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SEN
             sess = session(m)
             runs = [sess.run(None, b) for b in batches]
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's many kinds
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"sensitivity curves need ONNX Runtime to run the model: {first}") from None
+            raise ModelError(f"sensitivity curves need ONNX Runtime to run the model: {first_line(exc, 1000)}") from None
         return [np.concatenate([r[k] for r in runs]).astype(np.float64).ravel() for k in range(len(runs[0]))]
 
     base = np.concatenate(outputs(model))
@@ -373,7 +372,7 @@ def render_html(analysis, plan=None, title: str = "model", sensitivity_rows=None
 
 def write_html(analysis, path, plan=None, title: str | None = None, sensitivity_rows=None) -> None:
     """Write the page atomically (a temporary file in the target folder, then rename)."""
-    from .io import write_text_atomic
+    from .core.io import write_text_atomic
 
     path = Path(os.fspath(path))
     write_text_atomic(path, render_html(analysis, plan, title or path.stem, sensitivity_rows))

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .graph import GraphView
-from .io import model_nbytes
+from .core.graph import GraphView
+from .core.io import model_nbytes
 
 
 def human(n: float, digits: int = 4) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphprune.plan import GroupCut, Plan
+from graphprune.analysis.plan import GroupCut, Plan
 
 TARGETS = ("channels", "params", "macs")
 

@@ -218,7 +218,7 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 def rebatchable(model: onnx.ModelProto) -> bool:
     """A model exported with a batch of 1 computes the same per sample on a larger batch (checked on
     two samples), so calibration can run it batched."""
-    from graphprune.runtime import session, synthetic_inputs
+    from graphprune.core.runtime import session, synthetic_inputs
 
     try:
         one = synthetic_inputs(model)
@@ -243,7 +243,7 @@ def prepare(calib: Calibration, model: onnx.ModelProto) -> Calibration:
 
 
 def session_for(model: onnx.ModelProto, calib: Calibration | None):
-    from graphprune.runtime import session
+    from graphprune.core.runtime import session
 
     return session(free_batch(model) if calib is not None and calib.rebatch else model)
 
@@ -268,7 +268,7 @@ class Probe:
 
 def progress(description: str, total: int):
     """The CLI's progress bar (graphprune.progress: a terminal only, never the API); yields advance()."""
-    from graphprune import progress as _progress
+    from graphprune.core import progress as _progress
 
     return _progress.step(description, total)
 

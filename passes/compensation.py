@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphprune.errors import UsageError
-from graphprune.io import tensor_array
+from graphprune.core.io import tensor_array
 
 from .calibration import (Calibration, LinearLayer, Probe, batch_size, batches, by_budget, cross, gram_bytes,
                           gram_fits, linear_layers, progress, row_pick, session_for)

@@ -12,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphprune.analysis import registry
-from graphprune.io import SpillFile, is_lazy
+from graphprune.core.io import SpillFile, is_lazy
 
 
 class RewriteContext:

@@ -13,9 +13,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphprune import oracle, runtime
-from graphprune.errors import ValidationError
-from graphprune.io import light_copy
+from graphprune.core import runtime
+from graphprune.core.io import light_copy
+from graphprune.errors import ValidationError, first_line
+
+from . import oracle
 
 
 @dataclass
@@ -57,27 +59,27 @@ def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, remov
         onnx.checker.check_model(checked, full_check=True)
     except Exception as exc:  # noqa: BLE001
         _input_also_fails(original, "onnx.checker (full check)", lambda m: onnx.checker.check_model(m, full_check=True))
-        raise ValidationError(f"pruned model fails onnx.checker: {_first_line(exc)}") from None
+        raise ValidationError(f"pruned model fails onnx.checker: {first_line(exc)}") from None
     v.checker = True
     try:
         onnx.shape_inference.infer_shapes(checked, strict_mode=True)
     except Exception as exc:  # noqa: BLE001
         _input_also_fails(original, "strict shape inference",
                           lambda m: onnx.shape_inference.infer_shapes(m, strict_mode=True))
-        raise ValidationError(f"pruned model fails shape inference: {_first_line(exc)}") from None
+        raise ValidationError(f"pruned model fails shape inference: {first_line(exc)}") from None
     v.shape_inference = True
     feeds = runtime.synthetic_inputs(original, input_shapes, seed=seed)
     try:
         got = runtime.run(pruned, feeds)
     except Exception as exc:  # noqa: BLE001
         _check_original_runs(original, feeds)
-        raise ValidationError(f"pruned model fails in ONNX Runtime: {_first_line(exc)}") from None
+        raise ValidationError(f"pruned model fails in ONNX Runtime: {first_line(exc)}") from None
     v.runtime = True
     masked = oracle.masked_model(original, analysis, removed_roots) if check_oracle else None
     try:
         ref, want = _reference_runs(original, masked, feeds)
     except Exception as exc:  # noqa: BLE001
-        v.notes.append(f"original model could not be run for comparison: {_first_line(exc)}")
+        v.notes.append(f"original model could not be run for comparison: {first_line(exc)}")
         return v
     v.output_max_abs_diff = _compare(ref, got)
     v.output_cosine = _cosine(ref, got)
@@ -140,7 +142,7 @@ def _input_also_fails(original: onnx.ModelProto, what: str, check) -> None:
     try:
         check(light_copy(original))
     except Exception as exc:  # noqa: BLE001
-        raise ValidationError(f"the input model itself fails {what}: {_first_line(exc)}") from None
+        raise ValidationError(f"the input model itself fails {what}: {first_line(exc)}") from None
 
 
 def _check_original_runs(original: onnx.ModelProto, feeds: dict) -> None:
@@ -154,9 +156,4 @@ def _check_original_runs(original: onnx.ModelProto, feeds: dict) -> None:
                       for d in vi.type.tensor_type.shape.dim)
         shapes = " ".join(f"{k}:{','.join(map(str, v.shape))}" for k, v in feeds.items())
         hint = f" (dynamic dims were guessed as {shapes}; give the real ones with --input-shape)" if dynamic else ""
-        raise ValidationError(f"the input model itself fails in ONNX Runtime{hint}: {_first_line(exc)}") from None
-
-
-def _first_line(exc) -> str:
-    s = str(exc).strip().splitlines()
-    return s[0] if s else type(exc).__name__
+        raise ValidationError(f"the input model itself fails in ONNX Runtime{hint}: {first_line(exc)}") from None

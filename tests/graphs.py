@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.analysis import AnalysisOptions, analyze
-from graphprune.graph import GraphView
+from graphprune.core.graph import GraphView
 
 
 class GraphBuilder:
@@ -194,7 +194,7 @@ def kept(analysis, removed, tensor: str, axis: int) -> np.ndarray:
 
 def out_shape(model, tensor: str, feeds=None):
     """Run `model` with ORT and return the shape of an intermediate tensor (added as an extra output)."""
-    from graphprune import runtime
+    from graphprune.core import runtime
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -205,7 +205,8 @@ def out_shape(model, tensor: str, feeds=None):
 
 def assert_removal_oracle(model, analysis, removed, check: bool = True, seed: int = 0, rtol=1e-4, atol=1e-5):
     """Prune exactly the units `removed` and compare with the masked original (tests.oracle tolerance)."""
-    from graphprune import oracle, runtime
+    from graphprune.core import runtime
+    from graphprune.passes import oracle
     from graphprune.passes import rewrite
 
     removed = np.asarray(removed, dtype=np.int64)

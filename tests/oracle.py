@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from graphprune import oracle, runtime
+from graphprune.core import runtime
+from graphprune.passes import oracle
 from graphprune.analysis import AnalysisOptions, analyze
-from graphprune.graph import GraphView
+from graphprune.core.graph import GraphView
 from graphprune.passes import rewrite
 
 

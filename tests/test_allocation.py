@@ -106,8 +106,8 @@ def test_cost_model_matches_the_rewritten_model():
             rm = np.concatenate([rng.choice(g.units, g.size // 3, replace=False) for g in a.prunable])
             mask = np.zeros(len(a.roots) + 1, bool)
             mask[rm] = True
-            from graphprune.graph import GraphView
-            from graphprune.normalize import unshare_uniform_constants
+            from graphprune.core.graph import GraphView
+            from graphprune.passes.normalize import unshare_uniform_constants
             from graphprune.passes import rewrite
             from graphprune.report import stats
 

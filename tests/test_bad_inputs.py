@@ -21,7 +21,7 @@ from onnx import TensorProto as TP
 from onnx import helper
 
 import graphprune
-from graphprune import runtime
+from graphprune.core import runtime
 from graphprune.cli import main
 from tests import corpus
 from tests.graphs import GraphBuilder, init_value, run_analysis
@@ -116,7 +116,7 @@ def test_debug_shows_the_traceback(case_folder):
 @pytest.mark.parametrize("exc", [KeyboardInterrupt(), OSError(28, "No space left on device")])
 def test_interrupted_text_write_keeps_the_previous_file(tmp_path, monkeypatch, exc):
     """Reports, plans and HTML pages are written like models: temporary file, then rename."""
-    from graphprune import io as gio
+    from graphprune.core import io as gio
 
     target = tmp_path / "r.json"
     target.write_text("previous")
@@ -311,7 +311,7 @@ def test_qdq_oracle(per_channel, seed):
     and fake-quantized activations. Rounding turns last-bit float differences into whole quantization steps,
     so the oracle compares with the per-tensor activation Q/DQ pairs as Identity (what validation does too),
     and the pruned model with them must still run."""
-    from graphprune import oracle
+    from graphprune.passes import oracle
     from graphprune.passes import rewrite
     from tests.oracle import random_removal
 
@@ -358,7 +358,7 @@ def test_qlinearconv_slices_scales_zero_points_and_bias_with_the_weight():
 def test_quantized_oracle_would_catch_a_wrong_mask():
     """Negative control: the removed input channels really matter (the unmasked original differs), so the
     exact equality above is a real check of the integer-domain masking."""
-    from graphprune import oracle
+    from graphprune.passes import oracle
     from graphprune.passes import rewrite
 
     m = corpus.qlinear_conv_model()

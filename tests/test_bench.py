@@ -9,7 +9,7 @@ import pytest
 import graphprune
 from graphprune.bench import bench
 from graphprune.cli import main
-from graphprune.io import save_model
+from graphprune.core.io import save_model
 from tests.tinynet import tinynet
 
 

@@ -9,7 +9,7 @@ import torch
 
 import graphprune
 from graphprune import UsageError
-from graphprune.graph import GraphView
+from graphprune.core.graph import GraphView
 from graphprune.passes import calibration
 from graphprune.passes.calibration import LinearLayer
 
@@ -158,7 +158,7 @@ def test_model_with_a_fixed_batch_of_one_runs_batched():
 
 
 def test_no_progress_bar_off_a_terminal(capsys):
-    from graphprune import progress
+    from graphprune.core import progress
 
     progress.enable(True)
     try:

@@ -8,7 +8,8 @@ import pytest
 from onnx import numpy_helper
 
 import graphprune
-from graphprune import UsageError, runtime
+from graphprune import UsageError
+from graphprune.core import runtime
 
 from .graphs import GraphBuilder
 

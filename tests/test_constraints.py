@@ -10,7 +10,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import graphprune
-from graphprune import runtime
+from graphprune.core import runtime
 from graphprune.passes.allocation import kept_count
 
 from .tinynet import tinynet

@@ -105,7 +105,7 @@ def test_sensitivity_equals_pruning_that_group(model, tmp_path):
     really pruned at that point."""
     import numpy as np
 
-    from graphprune import runtime
+    from graphprune.core import runtime
     from graphprune.html_report import read_calibration, sensitivity
     from graphprune.passes import rewrite, scoring
 

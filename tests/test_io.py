@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune import io, runtime
+from graphprune.core import io, runtime
 from graphprune.cli import main
 
 from .corpus import set_location

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune import io, runtime
+from graphprune.core import io, runtime
 from graphprune.cli import main
 
 from .tinynet import tinynet
@@ -29,17 +29,12 @@ def _values(m: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture
-def lazy(monkeypatch):
-    monkeypatch.setattr(io, "LAZY_EXTERNAL_BYTES", 0)
-
-
-@pytest.fixture
 def ext(tmp_path, tmp_path_factory):
     src = tinynet(tmp_path / "m.onnx", tmp_path_factory)
     return src, _save_external(src, tmp_path / "ext")
 
 
-def test_lazy_load_reads_nothing(lazy, ext):
+def test_lazy_load_reads_nothing(ext):
     src, path = ext
     m = io.load_model(path)
     assert io.has_lazy(m)
@@ -51,7 +46,7 @@ def test_lazy_load_reads_nothing(lazy, ext):
     assert all(np.array_equal(eager[k], v) for k, v in _values(m).items())
 
 
-def test_lazy_prune_equals_eager_prune(lazy, ext):
+def test_lazy_prune_equals_eager_prune(ext):
     src, path = ext
     a = graphprune.prune(path, ratio=0.5)
     b = graphprune.prune(src, ratio=0.5)
@@ -68,7 +63,7 @@ def test_lazy_prune_equals_eager_prune(lazy, ext):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_lazy_model_is_written_back_with_external_data(lazy, ext, tmp_path, capsys):
+def test_lazy_model_is_written_back_with_external_data(ext, tmp_path, capsys):
     src, path = ext
     out = tmp_path / "out" / "p.onnx"
     out.parent.mkdir()
@@ -85,7 +80,7 @@ def test_lazy_model_is_written_back_with_external_data(lazy, ext, tmp_path, caps
     np.testing.assert_allclose(again, runtime.run(ref, feeds)[0], rtol=1e-5, atol=1e-6)
 
 
-def test_lazy_truncated_data_is_a_model_error(lazy, ext):
+def test_lazy_truncated_data_is_a_model_error(ext):
     _, path = ext
     data = path.parent / "ext.data"
     data.write_bytes(data.read_bytes()[:100])

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 import graphprune
-from graphprune import runtime
+from graphprune.core import runtime
 from tests import corpus
 from tests.graphs import GraphBuilder
 from tests.oracle import assert_oracle, assert_ratio_zero_identical

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune import runtime
+from graphprune.core import runtime
 from models import CNN_MODELS, get_model
 from tests.oracle import assert_oracle, assert_ratio_zero_identical
 

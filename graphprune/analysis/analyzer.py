@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..graph import GraphView
+from ..core.graph import GraphView
 from . import registry
 from .context import Role, RuleContext
 from .spaces import Space, SpaceTable, connected_components, sorted_unique

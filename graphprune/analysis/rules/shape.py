@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import register
-from ..shape_values import ConstEntry, DimEntry, ScaledDimEntry, shape_entries
+from ...core.shape_values import ConstEntry, DimEntry, ScaledDimEntry, shape_entries
 
 # ---------------------------------------------------------------------------------------------- helpers
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
+from ..errors import GraphpruneError, ModelError, UsageError, first_line
 from . import progress
-from .errors import GraphpruneError, ModelError, UsageError
 
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
 
@@ -96,16 +100,13 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ---- lazy external data ---------------------------------------------------------------------------------
-# A model with external data (at least LAZY_EXTERNAL_BYTES of it) is not read into memory: its initializers
+# A model with external data is not read into memory: its initializers
 # stay EXTERNAL with the data file's absolute path as location (that is what marks them lazy), and are read
 # as read-only memory maps when needed (`tensor_array`). The rewrite writes the slices it makes, and copies
 # the lazy weights it leaves alone, to a spill file (`SpillFile`), so a pruned billion-parameter model is
 # never in memory either. ONNX Runtime maps lazy weights itself (runtime.session), the checker and shape
 # inference get a copy in which they are typed graph inputs (`light_copy`), and `save_model` streams them
 # into the output's own data file: a model loaded with external data is written back with external data.
-LAZY_EXTERNAL_BYTES = 0
-
-
 def _external_info(t: onnx.TensorProto) -> dict:
     return {e.key: e.value for e in t.external_data}
 
@@ -114,11 +115,10 @@ def _lazy_candidate(model: onnx.ModelProto) -> bool:
     ext = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if not ext:
         return False
-    total = sum(int(_external_info(t).get("length", 0) or tensor_nbytes(t)) for t in ext)
     # Tensors in attributes (Constant nodes, subgraphs) are rare in external data; keep those models eager.
     attr_ext = any(a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL
                    for n in model.graph.node for a in n.attribute)
-    return total >= LAZY_EXTERNAL_BYTES and not attr_ext
+    return not attr_ext
 
 
 def _make_lazy(model: onnx.ModelProto, path: Path) -> None:
@@ -186,9 +186,6 @@ def model_nbytes(model: onnx.ModelProto) -> int:
 
 def tensor_array(t: onnx.TensorProto):
     """The value of an initializer; lazy ones come back as read-only memory maps (nothing is read yet)."""
-    import numpy as np
-    from onnx import numpy_helper
-
     if not is_lazy(t):
         return numpy_helper.to_array(t)
     info = _external_info(t)
@@ -261,8 +258,6 @@ class SpillFile:
     can memory-map). Files live in one folder per process, removed at exit."""
 
     def __init__(self):
-        import atexit
-
         if not _SPILL_DIR:
             _SPILL_DIR.append(tempfile.mkdtemp(prefix="graphprune-spill-"))
             atexit.register(_drop_spill)
@@ -277,8 +272,6 @@ class SpillFile:
 
     def add(self, value, name: str, data_type: int) -> onnx.TensorProto:
         """A lazy tensor holding `value`."""
-        import numpy as np
-
         value = np.ascontiguousarray(value)
         t = onnx.TensorProto()
         t.name = name
@@ -315,8 +308,6 @@ class SpillFile:
 
 
 def _drop_spill() -> None:
-    import shutil
-
     for folder in _SPILL_DIR:
         shutil.rmtree(folder, ignore_errors=True)
     _SPILL_DIR.clear()
@@ -411,9 +402,6 @@ def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None)
 def _save_external(model: onnx.ModelProto, tmp: str, tmp_data: Path, data_name: str) -> None:
     """Every initializer of 1 KiB or more into one data file, streamed: lazy tensors are copied file to
     file (never through memory), in-memory ones written from their raw bytes. The model is not modified."""
-    import numpy as np
-    from onnx import numpy_helper
-
     out = onnx.ModelProto()
     out.CopyFrom(model)  # cheap when the weights are lazy; in-memory weights are copied once
     offset = 0
@@ -471,9 +459,3 @@ def _chmod_default(path) -> None:
         os.chmod(path, 0o666 & ~umask)
     except OSError:
         pass
-
-
-def _short(exc) -> str:
-    s = str(exc).strip().splitlines()
-    text = s[0] if s else type(exc).__name__
-    return text[:200]

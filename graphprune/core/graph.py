@@ -7,9 +7,15 @@ survives byte for byte.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from .io import has_lazy, model_nbytes, tensor_array
+from .runtime import probe_input_shapes, session, synthetic_inputs, with_outputs
+from .shape_values import ConstEntry, DimEntry, OtherEntry, shape_entries
 
 # Ops whose output is a constant when all inputs are constants, and that numpy evaluates cheaply.
 # Used to see weights through Transpose/Cast/Identity/DequantizeLinear and to read shape subgraphs.
@@ -80,8 +86,6 @@ class GraphView:
         self.output_names = [o.name for o in self.graph.output]
         self.subgraph_captures = self._subgraph_captures()
         self._const_cache: dict[str, np.ndarray | None] = {}
-        from .inputs import probe_input_shapes
-
         self.input_shapes = probe_input_shapes(model, input_shapes or {})
         self._infer_shapes(self.input_shapes)
 
@@ -124,20 +128,10 @@ class GraphView:
                    if o and (self._shapes.get(o) is None or None in self._shapes[o])]
         if not missing:
             return
-        from .io import has_lazy, model_nbytes
-
         if has_lazy(self.model) or model_nbytes(self.model) > (1 << 31) - (1 << 26):
             return  # a billion-parameter run to learn a few shapes: not worth its time and memory
         try:
-            from .runtime import session, synthetic_inputs
-
-            probe = onnx.ModelProto()
-            probe.CopyFrom(self.model)
-            have = {o.name for o in probe.graph.output}
-            for name in missing:
-                if name not in have:
-                    probe.graph.output.append(onnx.ValueInfoProto(name=name))
-            sess = session(probe)
+            sess = session(with_outputs(self.model, missing))
             names = [o.name for o in sess.get_outputs()]
             values = sess.run(names, synthetic_inputs(self.model, input_shapes))
         except Exception:  # noqa: BLE001 - best effort: what stays unknown is frozen by the rules
@@ -165,8 +159,6 @@ class GraphView:
     def _reshape_hints(self) -> dict[str, list]:
         """Output dims of Reshapes that ONNX inference left unknown, solved symbolically: a -1 entry is
         the input's size over the other entries, with symbolic batch/sequence dims cancelling."""
-        from .analysis.shape_values import ConstEntry, DimEntry, OtherEntry, shape_entries
-
         hints = {}
         for i, node in enumerate(self.nodes):
             if node.op_type != "Reshape" or len(node.input) < 2:
@@ -274,8 +266,6 @@ class GraphView:
         if name in self.initializers:
             if name in self.input_names:
                 return None
-            from .io import tensor_array
-
             return tensor_array(self.initializers[name])  # lazy (external) weights: a read-only memory map
         p = self.producer.get(name)
         if p is None:
@@ -332,50 +322,8 @@ class GraphView:
         return 0
 
 
-DYNAMIC_BATCH = 1
-DYNAMIC_OTHER = 7  # prime, so it does not factor into channel counts by accident
-
-
-def concrete_input_shapes(model: onnx.ModelProto, given: dict, other: int = 0) -> dict[str, list[int]]:
-    """Concrete dims for every graph input: `given` first, then the model's static dims; a dynamic
-    dim becomes 1 on axis 0 (batch) and 7 elsewhere, the same value for the same symbolic name.
-    Analysis runs on these, so every channel axis has a static size; the output keeps its dynamic dims."""
-    inits = {t.name for t in model.graph.initializer}
-    by_name: dict[str, int] = {}
-    out = {}
-    for vi in model.graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
-            continue
-        if vi.name in given:
-            dims = [int(d) for d in given[vi.name]]
-            for d, proto in zip(dims, vi.type.tensor_type.shape.dim):
-                if proto.dim_param:
-                    by_name.setdefault(proto.dim_param, d)
-            out[vi.name] = dims
-    for vi in model.graph.input:
-        if vi.name in inits or vi.name in out or not vi.type.HasField("tensor_type"):
-            continue
-        if not vi.type.tensor_type.HasField("shape"):
-            continue
-        dims = []
-        for ax, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(d.dim_value)
-            elif d.dim_param and d.dim_param in by_name:
-                dims.append(by_name[d.dim_param])
-            else:
-                v = DYNAMIC_BATCH if ax == 0 else (other or DYNAMIC_OTHER)
-                if d.dim_param:
-                    by_name[d.dim_param] = v
-                dims.append(v)
-        out[vi.name] = dims
-    return out
-
-
 def _solve_minus_one(xin: list, others: list):
     """Size of a -1 Reshape entry from input dims and the other entries (ints or symbol names)."""
-    from collections import Counter
-
     if any(d is None for d in xin) or any(d is None for d in others):
         return None
     num = 1

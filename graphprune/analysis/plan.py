@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .io import is_lazy, tensor_array
+from graphprune.core.io import is_lazy, tensor_array
 
 
 def unshare_uniform_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

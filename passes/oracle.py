@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .analysis import registry
+from graphprune.analysis import registry
 
 
 def masked_model(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) -> onnx.ModelProto:
