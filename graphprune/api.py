@@ -14,7 +14,7 @@ from . import __version__
 from .core import progress
 from .analysis import Analysis, AnalysisOptions
 from .analysis import analyze as _analyze
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, first_line
 from .core.graph import GraphView
 from .core.io import load_model, load_model_for_pruning, materialize
 from .passes.normalize import unshare_uniform_constants

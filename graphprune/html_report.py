@@ -180,7 +180,7 @@ def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SEN
         return []
 
     def outputs(m):
-        from .errors import ModelError
+        from .errors import ModelError, first_line
 
         try:
             sess = session(m)

@@ -34,7 +34,7 @@ def load_model(source) -> onnx.ModelProto:
         with progress.file_step(f"loading {path.name}", path.stat().st_size):
             model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises many types
-        raise ModelError(f"{path}: not a readable ONNX model ({_short(exc)})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     _check_external(model, path)
     if _lazy_candidate(model):
         _make_lazy(model, path)
@@ -43,7 +43,7 @@ def load_model(source) -> onnx.ModelProto:
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path}: external data cannot be read ({_short(exc)})") from None
+        raise ModelError(f"{path}: external data cannot be read ({first_line(exc)})") from None
     _check_basic(model, str(path))
     return model
 
@@ -345,7 +345,7 @@ def _check_basic(model: onnx.ModelProto, where: str) -> None:
     try:
         onnx.checker.check_model(checked)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{where}: invalid ONNX model ({_short(exc)})") from None
+        raise ModelError(f"{where}: invalid ONNX model ({first_line(exc)})") from None
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -361,7 +361,7 @@ def write_text_atomic(path, text: str) -> None:
         if tmp.exists():
             tmp.unlink()
         if isinstance(exc, OSError):  # disk full, permissions: the user's to fix
-            raise GraphpruneError(f"{path}: cannot write ({exc.strerror or _short(exc)})") from None
+            raise GraphpruneError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from None
         raise
 
 
@@ -378,7 +378,7 @@ def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise GraphpruneError(f"{path}: cannot write ({exc.strerror or _short(exc)})") from None
+        raise GraphpruneError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from None
     os.close(fd)
     _chmod_default(tmp)  # mkstemp makes 0600; the output should get the permissions of a normal file
     data_name = path.name + ".data"
@@ -395,7 +395,7 @@ def save_model(model: onnx.ModelProto, path, overwrite_input: str | None = None)
             if os.path.exists(leftover):
                 os.unlink(leftover)
         if isinstance(exc, OSError):  # disk full, permissions: the user's to fix, not an internal error
-            raise GraphpruneError(f"{path}: cannot write ({exc.strerror or _short(exc)})") from None
+            raise GraphpruneError(f"{path}: cannot write ({exc.strerror or first_line(exc)})") from None
         raise
 
 
