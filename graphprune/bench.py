@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .core.runtime import concrete_input_shapes, synthetic_inputs
 from .errors import ModelError, UsageError, first_line
 
 
@@ -83,9 +84,6 @@ def optimized_op_counts(path: str, threads: int = 1) -> dict:
 
 
 def _feeds(path: str, input_shapes: dict, batch: int | None, seed: int) -> tuple[dict, dict]:
-    from .core.graph import concrete_input_shapes
-    from .core.runtime import synthetic_inputs
-
     m = onnx.load(path, load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
     inputs = [vi for vi in m.graph.input if vi.name not in inits]
