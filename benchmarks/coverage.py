@@ -43,10 +43,10 @@ def oracle_check(model, seed=0):
         if k > 0:
             removed.append(rng.choice(g.units, size=k, replace=False))
     removed = np.concatenate(removed) if removed else np.zeros(0, np.int64)
-    pruned = rewrite.apply(model, a, removed)
+    pruned = rewrite.apply(model, a.cut(removed))
     feeds = runtime.synthetic_inputs(model, seed=seed)
     got = runtime.run(pruned, feeds)
-    want = runtime.run(oracle.masked_model(model, a, removed), feeds)
+    want = runtime.run(oracle.masked_model(model, a.cut(removed)), feeds)
     worst = 0.0
     for g, w in zip(got, want):
         scale = max(1.0, float(np.abs(w).max()))

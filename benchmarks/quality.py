@@ -212,7 +212,7 @@ def predictions(model, x) -> np.ndarray:
 
 def macs_params(model, shapes=None) -> tuple[int, int]:
     from graphprune.core.graph import GraphView
-    from graphprune.report import stats
+    from graphprune.analysis.costs import model_stats as stats
 
     m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     s = stats(m, GraphView(m, shapes or {"input": [1, 1, 8, 8]}))
@@ -587,7 +587,7 @@ def run_text(quick: bool, log) -> dict:
     model = onnx.load(str(path))
     shapes = {"ids": [1, CONTEXT]}
     from graphprune.core.graph import GraphView
-    from graphprune.report import stats
+    from graphprune.analysis.costs import model_stats as stats
 
     base_stats = stats(model, GraphView(model, shapes))
     base = perplexity(model, tx, ty)

@@ -19,64 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .report import human, node_macs
+from .analysis.costs import group_costs
+from .render import human
 
 
 # ---- numbers ----------------------------------------------------------------------------------------------
-def _unit_group(analysis) -> np.ndarray:
-    """Group index of every unit root (-1 for roots outside channel groups)."""
-    out = np.full(len(analysis.roots), -1, dtype=np.int64)
-    for i, g in enumerate(analysis.channel_groups):
-        out[g.units] = i
-    return out
-
-
-def group_costs(analysis) -> tuple[np.ndarray, np.ndarray]:
-    """Parameters and MACs at stake per channel group: every stored constant sliced along one of the
-    group's spaces (weights, biases, norm parameters), and each weighted node's MACs in proportion to the
-    group's share of the channels it produces or consumes."""
-    view = analysis.view
-    n = len(analysis.channel_groups)
-    params, macs = np.zeros(n), np.zeros(n)
-    if n == 0:
-        return params, macs
-    unit_group = _unit_group(analysis)
-
-    def share(sp):
-        """Fraction of the axis each group holds."""
-        gids = unit_group[analysis.roots[sp.offset:sp.offset + sp.size]]
-        return np.bincount(gids[gids >= 0], minlength=n) / sp.size
-
-    # A weight whose input and output channels are both in a group (a residual block's inner conv) loses
-    # at most all of itself: shares add up per tensor (per node for MACs) and are capped at 1.
-    tensor_share: dict[str, np.ndarray] = {}
-    for sp in analysis.spaces.spaces:
-        if sp.constant:
-            tensor_share[sp.tensor] = tensor_share.get(sp.tensor, 0) + share(sp)
-    for t, s in tensor_share.items():
-        shape = view.shape(t) or []
-        params += np.minimum(s, 1.0) * int(np.prod([d for d in shape if d is not None]))
-    node_share: dict[int, np.ndarray] = {}
-    seen = set()
-    for role in analysis.roles:
-        if not role.weight or (role.node, role.space) in seen:
-            continue
-        seen.add((role.node, role.space))
-        node_share[role.node] = node_share.get(role.node, 0) + share(analysis.spaces.spaces[role.space])
-    for i, s in node_share.items():
-        macs += np.minimum(s, 1.0) * node_macs(view, i)
-    return params, macs
-
-
 def layer_rows(analysis, removed_roots=None) -> list[dict]:
     """One row per node whose weight produces channels: its channels, and how many are removed (plan) or
     frozen."""
     view = analysis.view
-    frozen_roots = np.zeros(len(analysis.roots), dtype=bool)
+    frozen_roots = np.zeros(analysis.id_count, dtype=bool)
     for g in analysis.groups:
         if g.frozen:
             frozen_roots[g.units] = True
-    removed = np.zeros(len(analysis.roots), dtype=bool)
+    removed = np.zeros(analysis.id_count, dtype=bool)
     if removed_roots is not None and len(removed_roots):
         removed[np.asarray(removed_roots, dtype=np.int64)] = True
     rows, seen = [], set()
@@ -85,7 +41,7 @@ def layer_rows(analysis, removed_roots=None) -> list[dict]:
             continue
         seen.add(role.node)
         sp = analysis.spaces.spaces[role.space]
-        r = analysis.roots[sp.offset:sp.offset + sp.size]
+        r = analysis.units_of(sp)
         rows.append({"node": view.names[role.node], "op": view.nodes[role.node].op_type, "channels": sp.size,
                      "removed": int(removed[r].sum()), "frozen": int(frozen_roots[r].sum())})
     return rows
@@ -190,7 +146,7 @@ def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SEN
         return [np.concatenate([r[k] for r in runs]).astype(np.float64).ravel() for k in range(len(runs[0]))]
 
     base = np.concatenate(outputs(model))
-    scores = scoring.score(analysis, "l2", 0)
+    scores = scoring.score(analysis, "l2", 0).value
     rows = []
     for g in sorted(analysis.prunable, key=lambda g: -g.size)[:max_groups]:
         order = np.argsort(scores[g.key], kind="stable")
@@ -199,7 +155,7 @@ def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SEN
             k = min(g.size - 1, int(round(g.size * r)))
             if k <= points[-1]["removed"]:
                 continue
-            got = np.concatenate(outputs(masked_model(model, analysis, g.units[order[:k]])))
+            got = np.concatenate(outputs(masked_model(model, analysis.cut(g.units[order[:k]]))))
             den = np.linalg.norm(base) * np.linalg.norm(got)
             points.append({"ratio": r, "removed": k,
                            "relative_error": float(np.linalg.norm(got - base) / max(np.linalg.norm(base), 1e-30)),

@@ -7,7 +7,15 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
-from .report import human
+
+
+def human(n: float, digits: int = 4) -> str:
+    """A count with a K/M/G/T suffix and `digits` significant digits (tables, the HTML page)."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.{digits}g}{unit}"
+        n /= 1000
+    return f"{n:.{digits}g}P"
 
 
 def _bytes(n: float) -> str:

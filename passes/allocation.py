@@ -15,11 +15,13 @@ each of its channel axes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 
+from graphprune.analysis.costs import CostModel
 from graphprune.analysis.plan import GroupCut, Plan
+
+from .base import StageResult
+from .scoring import normalize as norm
 
 TARGETS = ("channels", "params", "macs")
 
@@ -85,101 +87,26 @@ def _cut(plan: Plan, g, s: np.ndarray, n_remove: int) -> None:
     plan.cuts[g.key] = GroupCut(g.key, g.size, sorted(int(i) for i in order[:n_remove]))
 
 
-# ---- cost model ------------------------------------------------------------------------------------
-class CostModel:
-    """Parameters or MACs of the model as a function of the removed units (exact for the rewrite: each
-    term is its original cost times the kept fraction of every channel axis it depends on)."""
-
-    def __init__(self, analysis, what: str):
-        from graphprune.report import node_macs
-
-        self.analysis = analysis
-        view = analysis.view
-        self.terms: list[tuple[float, list[np.ndarray]]] = []
-        if what == "macs":
-            for i, node in enumerate(view.nodes):
-                base = node_macs(view, i)
-                if base:
-                    self.terms.append((float(base), self._roots(self._mac_axes(node))))
-        else:
-            for name in view.initializers:
-                if name in view.input_names:
-                    continue
-                t = view.initializers[name]
-                base = float(np.prod(t.dims)) if len(t.dims) else 1.0
-                self.terms.append((base, self._roots([(name, ax) for ax in range(len(t.dims))])))
-            for node in view.nodes:
-                if node.op_type == "Constant":
-                    v = view.const_value_of_constant_node(node)
-                    if v is not None and v.size > 1 and np.issubdtype(v.dtype, np.floating):
-                        self.terms.append((float(v.size), self._roots([(node.output[0], ax)
-                                                                        for ax in range(v.ndim)])))
-        self.total = sum(b for b, _ in self.terms)
-
-    def _mac_axes(self, node) -> list[tuple[str, int]]:
-        view = self.analysis.view
-        op = node.op_type
-        y = node.output[0]
-        out = [(y, ax) for ax in range(len(view.shape(y) or []))]
-        if op == "Conv":
-            return out + [(node.input[1], 1)]
-        if op == "ConvTranspose":
-            x = node.input[0]
-            return [(x, ax) for ax in range(len(view.shape(x) or []))] + [(node.input[1], 1)]
-        a = node.input[0]
-        ra = len(view.shape(a) or [])
-        if op == "Gemm":
-            return out + [(a, 0 if view.attr(node, "transA", 0) else 1)]
-        return out + [(a, ra - 1)] if ra else out
-
-    def _roots(self, axes) -> list[np.ndarray]:
-        out = []
-        for t, ax in axes:
-            sp = self.analysis.spaces.get(t, ax)
-            if sp is not None:
-                out.append(self.analysis.roots[sp.offset:sp.offset + sp.size])
-        return out
-
-    def removed_fraction(self, removed: np.ndarray) -> float:
-        """`removed`: boolean mask over element/root ids."""
-        if not self.total:
-            return 0.0
-        kept = 0.0
-        for base, spaces in self.terms:
-            f = base
-            for r in spaces:
-                f *= float(np.mean(~removed[r]))
-            kept += f
-        return 1.0 - kept / self.total
-
-
 def _unit_cost(analysis, removed_units: list[np.ndarray]) -> np.ndarray:
-    mask = np.zeros(len(analysis.roots) + 1, dtype=bool)
+    mask = np.zeros(analysis.id_count + 1, dtype=bool)
     for u in removed_units:
         mask[u] = True
     return mask
 
 
-@dataclass
-class Allocation:
-    plan: Plan
-    info: dict
-
-
 def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio: float, ratio_for=None,
              target: str = "channels", global_pruning: bool = False, max_ratio: float | None = None,
              round_to: int | str = 1, min_keep: int = 1, normalize: str = "lamp", options: dict | None = None
-             ) -> Allocation:
-    """Plan a cut; `ratio_for(kind)` gives per-kind ratios for uniform channel allocation."""
-    from graphprune.passes.scoring import normalize as norm
-
+             ) -> StageResult:
+    """Plan a cut (the result's value: a Plan; its info: mode, target, the ratio asked and achieved, and a note
+    when the target cannot be reached); `ratio_for(kind)` gives per-kind ratios for uniform allocation."""
     groups = analysis.prunable
     info = {"mode": "global" if global_pruning else "uniform", "target": target, "ratio": ratio}
     if not global_pruning and target == "channels":
         plan = allocate_uniform(analysis, scores, ratio_for or ratio, fingerprint, max_ratio, round_to,
                                 options, min_keep)
         info["achieved"] = _achieved(analysis, plan, "channels")
-        return Allocation(plan, info)
+        return StageResult(plan, info)
     cost = CostModel(analysis, target) if target != "channels" else None
     total_units = sum(g.size for g in groups) or 1
 
@@ -240,7 +167,7 @@ def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio
     if achieved + 1e-3 < ratio:
         info["note"] = (f"target not reachable: at most {achieved:.1%} of the {target} can be removed "
                         "with these limits (frozen groups, --max-ratio, --min-keep)")
-    return Allocation(plan, info)
+    return StageResult(plan, info)
 
 
 def _closest(below: Plan, above: Plan, removed_of, ratio: float) -> Plan:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from graphprune.core import progress as _progress
+from graphprune.core.runtime import session, synthetic_inputs, with_outputs
 from graphprune.errors import UsageError
 
 DEFAULT_SAMPLES = 256  # calibration samples used when --calib-samples is not given
@@ -218,8 +220,6 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 def rebatchable(model: onnx.ModelProto) -> bool:
     """A model exported with a batch of 1 computes the same per sample on a larger batch (checked on
     two samples), so calibration can run it batched."""
-    from graphprune.core.runtime import session, synthetic_inputs
-
     try:
         one = synthetic_inputs(model)
         two = {k: np.concatenate([v, v[::-1] * 0.5 + 0.25], axis=0).astype(v.dtype) for k, v in one.items()}
@@ -243,8 +243,6 @@ def prepare(calib: Calibration, model: onnx.ModelProto) -> Calibration:
 
 
 def session_for(model: onnx.ModelProto, calib: Calibration | None):
-    from graphprune.core.runtime import session
-
     return session(free_batch(model) if calib is not None and calib.rebatch else model)
 
 
@@ -252,14 +250,8 @@ class Probe:
     """An ONNX Runtime session of a copy of `model` that also returns the given intermediate tensors."""
 
     def __init__(self, model: onnx.ModelProto, tensors: list[str], calib: Calibration | None = None):
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        have = {o.name for o in probe.graph.output}
-        for t in dict.fromkeys(tensors):
-            if t not in have:
-                probe.graph.output.append(onnx.ValueInfoProto(name=t))
         self.tensors = list(dict.fromkeys(tensors))
-        self.sess = session_for(probe, calib)
+        self.sess = session_for(with_outputs(model, self.tensors), calib)
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         vals = self.sess.run(self.tensors, feeds)
@@ -268,8 +260,6 @@ class Probe:
 
 def progress(description: str, total: int):
     """The CLI's progress bar (graphprune.progress: a terminal only, never the API); yields advance()."""
-    from graphprune.core import progress as _progress
-
     return _progress.step(description, total)
 
 
@@ -441,6 +431,16 @@ def linear_layers(model: onnx.ModelProto, shapes: dict[str, list]) -> dict[str, 
         if layer is not None:
             out[node.output[0]] = layer
     return out
+
+
+def consumer_layers(analysis) -> dict[str, LinearLayer]:
+    """Linear layers that read a prunable group's channels (where statistics matter), by output name."""
+    view = analysis.view
+    spaces = {s for g in analysis.prunable for s in g.spaces}
+    wanted = {view.nodes[r.node].output[0] for r in analysis.roles
+              if r.kind == "consumer" and r.weight and r.space in spaces}
+    shapes = {n.input[0]: view.shape(n.input[0]) for n in view.nodes if n.input and n.output[0] in wanted}
+    return {y: layer for y, layer in linear_layers(view.model, shapes).items() if y in wanted}
 
 
 # ---- statistics ------------------------------------------------------------------------------------

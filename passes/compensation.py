@@ -28,7 +28,7 @@ from graphprune.errors import UsageError
 from graphprune.core.io import tensor_array
 
 from .calibration import (Calibration, LinearLayer, Probe, batch_size, batches, by_budget, cross, gram_bytes,
-                          gram_fits, linear_layers, progress, row_pick, session_for)
+                          gram_fits, linear_layers, progress, row_pick)
 
 MODES = ("auto", "none", "bias", "lstsq", "all")
 RIDGE = 1e-3  # relative to the mean diagonal of a layer's input Gram matrix
@@ -140,18 +140,14 @@ class _Bias:
         pm.write(self.name, value)
 
 
-def _drift_sources(analysis, removed: np.ndarray) -> set[int]:
+def _drift_sources(cut) -> set[int]:
     """Nodes whose output values change for the kept channels: readers of cut channels that mix them."""
-    mask = np.zeros(len(analysis.roots) + 1, dtype=bool)
-    mask[removed] = True
+    analysis = cut.analysis
     out = set()
     for role in analysis.roles:
-        if role.kind != "consumer":
-            continue
-        sp = analysis.spaces.spaces[role.space]
-        if mask[analysis.roots[sp.offset:sp.offset + sp.size]].any():
+        if role.kind == "consumer" and cut.touches(analysis.spaces.spaces[role.space]):
             out.add(role.node)
-    hidden = {s for g in analysis.groups if g.kind == "hidden" and mask[g.units].any() for s in g.spaces}
+    hidden = {s for g in analysis.groups if g.kind == "hidden" and cut.removed[g.units].any() for s in g.spaces}
     if hidden:
         for i, node in enumerate(analysis.view.nodes):
             for t in node.input:
@@ -169,30 +165,21 @@ def _downstream(view, sources: set[int]) -> set[str]:
     return changed
 
 
-def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, analysis, removed: np.ndarray,
-               calib: Calibration | None, mode: str, ridge: float = RIDGE, estimates: dict | None = None,
-               seed: int = 0) -> tuple[onnx.ModelProto, dict]:
-    """Return a compensated copy of `pruned` and what was done."""
+def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: Calibration | None, mode: str,
+               ridge: float = RIDGE, estimates: dict | None = None, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+    """Return a compensated copy of `pruned` (the rewrite of `original` by `cut`, an analysis.Cut) and what
+    was done."""
     info = {"mode": mode, "layers": {}, "notes": []}
-    if mode == "none" or len(removed) == 0:
+    if mode == "none" or len(cut) == 0:
         return pruned, info
-    view = analysis.view
-    removed = np.asarray(removed, dtype=np.int64)
+    view = cut.analysis.view
+    kept = cut.kept
     out = onnx.ModelProto()
     out.CopyFrom(pruned)
     pm = _Model(out)
     shapes = {t: view.shape(t) for t in view.producer} | {t: view.shape(t) for t in view.input_names}
     orig_layers = linear_layers(original, shapes)
-    mask = np.zeros(len(analysis.roots) + 1, dtype=bool)
-    mask[removed] = True
-
-    def kept(t, ax):
-        sp = analysis.spaces.get(t, ax)
-        if sp is None:
-            return None
-        return ~mask[analysis.roots[sp.offset:sp.offset + sp.size]]
-
-    sources = _drift_sources(analysis, removed)
+    sources = _drift_sources(cut)
     changed = _downstream(view, sources)
     mixing = {view.nodes[i].output[0] for i in sources}  # layers whose kept outputs read removed channels
     plan: dict[str, tuple[str, LinearLayer, LinearLayer, np.ndarray]] = {}
@@ -388,60 +375,4 @@ def _bias_from_estimates(pm: _Model, plan: dict, estimates: dict, kept, view, in
 
 
 # ---- fidelity --------------------------------------------------------------------------------------
-def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray],
-             atol: float | None = None, rtol: float | None = None, held_out: bool = True,
-             calib: Calibration | None = None) -> dict:
-    """Outputs of the pruned model against the original's on the given samples: cosine similarity,
-    relative error, max abs difference, top-1 agreement where an output looks like logits, and PASSED /
-    FAILED against atol/rtol when given."""
-    so, sp = session_for(original, calib), session_for(pruned, calib)
-    names = [o.name for o in so.get_outputs()]
-    n = len(next(iter(feeds.values())))
-    bs = calib.batch if calib is not None and calib.batch else max(1, min(n, 64))
-    acc = {k: {"dot": 0.0, "nr": 0.0, "np": 0.0, "diff": 0.0, "max": 0.0, "agree": 0, "count": 0,
-               "ok": True, "logits": None, "cos_sum": 0.0, "samples": 0} for k in names}
-    for b in batches(feeds, bs):
-        ref = so.run(None, b)
-        got = sp.run(None, b)
-        for k, r, p in zip(names, ref, got):
-            a = acc[k]
-            r64, p64 = np.asarray(r, dtype=np.float64), np.asarray(p, dtype=np.float64)
-            if r64.shape != p64.shape:
-                a["ok"] = False
-                continue
-            a["dot"] += float((r64 * p64).sum())
-            a["nr"] += float((r64 * r64).sum())
-            a["np"] += float((p64 * p64).sum())
-            a["diff"] += float(np.square(r64 - p64).sum())
-            a["max"] = max(a["max"], float(np.abs(r64 - p64).max()) if r64.size else 0.0)
-            rs, ps = r64.reshape(len(r64), -1), p64.reshape(len(p64), -1)
-            den = np.linalg.norm(rs, axis=1) * np.linalg.norm(ps, axis=1)
-            a["cos_sum"] += float(np.sum(np.where(den > 0, (rs * ps).sum(axis=1) / np.where(den > 0, den, 1), 1.0)))
-            a["samples"] += len(rs)
-            if a["logits"] is None:
-                a["logits"] = r64.ndim in (2, 3) and r64.shape[-1] > 1 and np.issubdtype(r.dtype, np.floating)
-            if a["logits"]:
-                a["agree"] += int((r64.argmax(-1) == p64.argmax(-1)).sum())
-                a["count"] += int(np.prod(r64.shape[:-1]))
-            if atol is not None or rtol is not None:
-                tol = (atol or 0.0) + (rtol or 0.0) * np.abs(r64)
-                if not np.all(np.abs(r64 - p64) <= tol):
-                    a["ok"] = False
-    outputs = {}
-    for k, a in acc.items():
-        den = np.sqrt(a["nr"] * a["np"])
-        row = {"cosine": round(a["dot"] / den, 6) if den > 0 else 1.0,
-               "sample_cosine": round(a["cos_sum"] / max(a["samples"], 1), 6),
-               "relative_error": round(float(np.sqrt(a["diff"] / a["nr"])) if a["nr"] > 0 else 0.0, 6),
-               "max_abs_diff": float(f"{a['max']:.4g}")}
-        if a["logits"] and a["count"]:
-            row["top1_agreement"] = round(a["agree"] / a["count"], 6)
-        outputs[k] = row
-    out = {"samples": n, "held_out": held_out, "outputs": outputs}
-    if atol is not None or rtol is not None:
-        out["atol"], out["rtol"] = atol, rtol
-        out["passed"] = all(a["ok"] for a in acc.values())
-    return out
-
-
-__all__ = ["MODES", "compensate", "fidelity", "resolve", "helper"]
+__all__ = ["MODES", "compensate", "resolve"]

@@ -15,12 +15,12 @@ from onnx import helper, numpy_helper
 from graphprune.analysis import registry
 
 
-def masked_model(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) -> onnx.ModelProto:
+def masked_model(model: onnx.ModelProto, cut) -> onnx.ModelProto:
+    """A copy of `model` in which every consumer of a unit of `cut` (an analysis.Cut) reads it as zero."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    removed = np.zeros(len(analysis.roots) + 1, dtype=bool)
-    removed[np.asarray(removed_roots, dtype=np.int64)] = True
+    analysis = cut.analysis
     view = analysis.view
     new_nodes: dict[int, list[onnx.NodeProto]] = {}
     done = set()
@@ -28,14 +28,14 @@ def masked_model(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) ->
         if role.kind != "consumer" or role.input_index < 0:
             continue
         sp = analysis.spaces.spaces[role.space]
-        keep = ~removed[analysis.roots[sp.offset:sp.offset + sp.size]]
+        keep = cut.kept(sp)
         if keep.all() or (role.node, role.input_index) in done:
             continue
         done.add((role.node, role.input_index))
         node = g.node[role.node]
         # Integer (quantized) weights cannot be multiplied by a mask; their rule gives the masked weight.
         rule = registry.lookup(node.domain, node.op_type)
-        masker = rule.notes.get("masked_weight") if rule is not None else None
+        masker = rule.masked_weight if rule is not None else None
         value = masker(view, role.node, role.input_index, role.axis, keep) if masker else None
         if value is not None:
             name = f"__oracle_masked_{n}"

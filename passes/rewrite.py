@@ -66,19 +66,12 @@ class RewriteContext:
 
 
 class _State:
-    def __init__(self, model, analysis, removed_roots):
-        self.view = analysis.view
+    def __init__(self, model, cut):
+        self.view = cut.analysis.view
         self.model = model
         self.new_nodes = list(model.graph.node)
         self.inits = {t.name: t for t in model.graph.initializer}
-        self.kept: dict[tuple[str, int], np.ndarray] = {}
-        roots = analysis.roots
-        removed = np.zeros(len(roots) + 1, dtype=bool)
-        removed[removed_roots] = True
-        for sp in analysis.spaces.spaces:
-            mask = ~removed[roots[sp.offset:sp.offset + sp.size]]
-            if not mask.all():
-                self.kept[(sp.tensor, sp.axis)] = np.flatnonzero(mask)
+        self.kept: dict[tuple[str, int], np.ndarray] = cut.shrunk()
         self._counter = 0
         self.rewired = False
         self._spill = None
@@ -139,14 +132,14 @@ class _State:
         node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(np.asarray(value))))
 
 
-def apply(model: onnx.ModelProto, analysis, removed_roots: np.ndarray) -> onnx.ModelProto:
-    """Return a pruned copy of `model` (the input is not modified)."""
+def apply(model: onnx.ModelProto, cut) -> onnx.ModelProto:
+    """Return a copy of `model` with the units of `cut` (an analysis.Cut) removed; the input is not modified."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    st = _State(out, analysis, np.asarray(removed_roots, dtype=np.int64))
+    st = _State(out, cut)
     if not st.kept:
         return out
-    view = analysis.view
+    view = cut.analysis.view
     # 1. slice stored constants along every shrunk axis
     by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (tensor, axis), kept in st.kept.items():

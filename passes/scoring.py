@@ -18,9 +18,14 @@ group's scores (mean, LAMP, z-score) so global allocation can rank units of diff
 
 from __future__ import annotations
 
+from math import erf, pi, sqrt
+
 import numpy as np
 
 from graphprune.errors import UsageError
+
+from .base import StageResult
+from .calibration import InputStats
 
 IMPORTANCES = ("auto", "l2", "l1", "random", "dead", "wanda", "fluctuation", "reconstruction")
 DATA_AWARE = ("dead", "wanda", "fluctuation", "reconstruction")
@@ -40,24 +45,25 @@ def resolve(importance: str, have_data: bool, have_estimates: bool) -> str:
 
 
 def score(analysis, importance: str = "l2", seed: int = 0, stats: dict | None = None,
-          reduction: str = "mean", info: dict | None = None) -> dict[str, np.ndarray]:
-    """Scores per group key, aligned with `group.units`. `stats` maps a linear layer's output name to its
-    calibration.InputStats (needed by the data-aware scores). `info`, when given, receives what was used."""
+          reduction: str = "mean") -> StageResult:
+    """Scores per group key, aligned with `group.units` (the result's value), and what was used (its info:
+    the importance, the groups that fell back to magnitude). `stats` maps a linear layer's output name to
+    its calibration.InputStats (needed by the data-aware scores)."""
     if importance not in IMPORTANCES:
         raise UsageError(f"unknown importance '{importance}' (choose from {', '.join(IMPORTANCES)})")
     if reduction not in REDUCTIONS:
         raise UsageError(f"unknown reduction '{reduction}' (choose from {', '.join(REDUCTIONS)})")
-    info = info if info is not None else {}
+    info: dict = {}
     groups = analysis.prunable
     if importance == "auto":
         importance = resolve(importance, bool(stats) and not _estimated(stats), bool(stats))
     info["importance"] = importance
     if importance == "random":
         rng = np.random.default_rng(seed)
-        return {g.key: rng.random(g.size) for g in groups}
+        return StageResult({g.key: rng.random(g.size) for g in groups}, info)
     magnitude = _magnitude(analysis, 1 if importance == "l1" else 2, reduction)
     if importance in ("l1", "l2"):
-        return magnitude
+        return StageResult(magnitude, info)
     if not stats:
         raise UsageError(f"--importance {importance} needs calibration data (--calib) or BatchNorm "
                          "statistics in the model")
@@ -73,7 +79,7 @@ def score(analysis, importance: str = "l2", seed: int = 0, stats: dict | None = 
         looked = [_lookup(per_consumer[c], g.units) for c in cons]
         out[g.key] = _reduce([v for v, _ in looked], [n for _, n in looked], reduction)
     info["magnitude_fallback"] = fallback
-    return out
+    return StageResult(out, info)
 
 
 def _lookup(entry, units: np.ndarray):
@@ -107,14 +113,14 @@ def _per_root(roots: np.ndarray, values: np.ndarray):
 
 
 def _add_root_sums(analysis, sp, per_elem, root_score, root_slices, root_max) -> None:
-    u, sums, _ = _per_root(analysis.roots[sp.offset:sp.offset + sp.size], per_elem)
+    u, sums, _ = _per_root(analysis.units_of(sp), per_elem)
     root_score[u] += sums
     root_slices[u] += 1.0
     root_max[u] = np.maximum(root_max[u], sums)
 
 
 def _magnitude(analysis, p: int, reduction: str) -> dict[str, np.ndarray]:
-    n = len(analysis.roots)
+    n = analysis.id_count
     root_score = np.zeros(n, dtype=np.float64)
     root_slices = np.zeros(n, dtype=np.float64)
     root_max = np.full(n, -np.inf)
@@ -198,7 +204,7 @@ def _consumer_scores(analysis, importance: str, stats: dict) -> dict[str, tuple]
             if s is None:  # no Gram (too wide, or estimated statistics): the diagonal approximation
                 energy = float((wsq * st.meansq).sum()) or 1.0
                 s = wsq * st.var / energy
-        out[y] = _per_root(analysis.roots[sp.offset:sp.offset + sp.size], s)
+        out[y] = _per_root(analysis.units_of(sp), s)
     return out
 
 
@@ -274,8 +280,6 @@ def batchnorm_estimates(analysis, layers: dict) -> dict:
     N(beta, gamma^2); a ReLU (or Clip at 0) rectifies it, an Add of two such tensors adds means and
     variances (independent branches: residual blocks), pooling and Identity pass it on. Layers whose input
     cannot be traced back that way get no estimate."""
-    from graphprune.passes.calibration import InputStats
-
     view = analysis.view
     memo: dict[str, tuple | None] = {}
     out = {}
@@ -327,8 +331,6 @@ def _estimate(view, t: str, memo: dict, depth: int):
 
 def _rectified(mu: np.ndarray, sd: np.ndarray):
     """Mean, variance and P(0) of ReLU(N(mu, sd^2))."""
-    from math import erf, pi, sqrt
-
     a = mu / sd
     cdf = np.array([0.5 * (1 + erf(v / sqrt(2))) for v in a])
     pdf = np.exp(-0.5 * a ** 2) / sqrt(2 * pi)

@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphprune.core import runtime
+from graphprune.core.compare import cosine, max_abs_diff
 from graphprune.core.io import light_copy
 from graphprune.errors import ValidationError, first_line
 
@@ -31,24 +32,7 @@ class Validation:
     notes: list[str] = field(default_factory=list)
 
 
-def _compare(ref, got):
-    worst = 0.0
-    for a, b in zip(ref, got):
-        if a.shape != b.shape:
-            raise ValidationError(f"output shape changed from {a.shape} to {b.shape}")
-        if a.size:
-            worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
-    return worst
-
-
-def _cosine(ref, got):
-    a = np.concatenate([r.astype(np.float64).ravel() for r in ref])
-    b = np.concatenate([g.astype(np.float64).ravel() for g in got])
-    den = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / den) if den > 0 else 1.0
-
-
-def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, removed_roots,
+def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, cut,
              input_shapes: dict | None = None, check_oracle: bool = True, rtol: float = 1e-3,
              atol: float = 1e-4, seed: int = 0) -> Validation:
     v = Validation()
@@ -75,14 +59,17 @@ def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, remov
         _check_original_runs(original, feeds)
         raise ValidationError(f"pruned model fails in ONNX Runtime: {first_line(exc)}") from None
     v.runtime = True
-    masked = oracle.masked_model(original, analysis, removed_roots) if check_oracle else None
+    masked = oracle.masked_model(original, cut) if check_oracle else None
     try:
         ref, want = _reference_runs(original, masked, feeds)
     except Exception as exc:  # noqa: BLE001
         v.notes.append(f"original model could not be run for comparison: {first_line(exc)}")
         return v
-    v.output_max_abs_diff = _compare(ref, got)
-    v.output_cosine = _cosine(ref, got)
+    try:
+        v.output_max_abs_diff = max_abs_diff(ref, got)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    v.output_cosine = cosine(ref, got)
     if check_oracle:
         if want is None:
             want = runtime.run(masked, feeds)
@@ -90,7 +77,10 @@ def validate(pruned: onnx.ModelProto, original: onnx.ModelProto, analysis, remov
         if unquantized is not None:  # fake-quantized activations round last-bit differences: see there
             want = runtime.run(unquantized, feeds)
             got = runtime.run(oracle.without_activation_fake_quant(pruned), feeds)
-        diff = _compare(want, got)
+        try:
+            diff = max_abs_diff(want, got)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
         v.oracle_max_abs_diff = diff
         scale = max(float(np.max(np.abs(w))) if w.size else 0.0 for w in want) if want else 0.0
         if diff > atol + rtol * scale:

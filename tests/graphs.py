@@ -189,7 +189,7 @@ def input_value(model, node: str, k: int) -> np.ndarray:
 
 def kept(analysis, removed, tensor: str, axis: int) -> np.ndarray:
     """Kept indices of (tensor, axis) when the units `removed` are cut."""
-    return np.flatnonzero(analysis.kept_mask(analysis.spaces.get(tensor, axis), removed))
+    return np.flatnonzero(analysis.cut(removed).kept(tensor, axis))
 
 
 def out_shape(model, tensor: str, feeds=None):
@@ -210,11 +210,11 @@ def assert_removal_oracle(model, analysis, removed, check: bool = True, seed: in
     from graphprune.passes import rewrite
 
     removed = np.asarray(removed, dtype=np.int64)
-    pruned = rewrite.apply(model, analysis, removed)
+    pruned = rewrite.apply(model, analysis.cut(removed))
     if check:
         onnx.checker.check_model(pruned, full_check=True)
     feeds = runtime.synthetic_inputs(model, seed=seed)
-    for g, w in zip(runtime.run(pruned, feeds), runtime.run(oracle.masked_model(model, analysis, removed), feeds)):
+    for g, w in zip(runtime.run(pruned, feeds), runtime.run(oracle.masked_model(model, analysis.cut(removed)), feeds)):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=rtol, atol=atol * max(1.0, float(np.abs(w).max())))
     return pruned

@@ -319,15 +319,15 @@ def test_qdq_oracle(per_channel, seed):
     a = run_analysis(m)
     assert len(a.prunable) == 2
     removed = random_removal(a, np.random.default_rng(seed), 0.5)
-    pruned = rewrite.apply(m, a, removed)
+    pruned = rewrite.apply(m, a.cut(removed))
     onnx.checker.check_model(pruned, full_check=True)
     feeds = runtime.synthetic_inputs(m, seed=seed)
     runtime.run(pruned, feeds)
     got = runtime.run(oracle.without_activation_fake_quant(pruned), feeds)[0]
-    want = runtime.run(oracle.without_activation_fake_quant(oracle.masked_model(m, a, removed)), feeds)[0]
+    want = runtime.run(oracle.without_activation_fake_quant(oracle.masked_model(m, a.cut(removed))), feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
     if per_channel:
-        kept = np.flatnonzero(a.kept_mask(a.spaces.get("conv1.Wq", 0), removed))
+        kept = np.flatnonzero(a.cut(removed).kept("conv1.Wq", 0))
         for name in ("conv1.Wq", "conv1.Ws", "conv1.Wz"):
             np.testing.assert_array_equal(init_value(pruned, name), init_value(m, name)[kept])
 
@@ -345,12 +345,12 @@ def test_qlinearconv_slices_scales_zero_points_and_bias_with_the_weight():
     m = corpus.qlinear_conv_model()
     a, pruned, removed = assert_oracle(m, rtol=0, atol=0)
     g = next(g for g in a.prunable if "qconv1" in g.producers)
-    kept = np.flatnonzero(a.kept_mask(a.spaces.get("qconv1.W", 0), removed))
+    kept = np.flatnonzero(a.cut(removed).kept("qconv1.W", 0))
     assert 0 < len(kept) < 16
     for name in ("qconv1.W", "qconv1.Ws", "qconv1.Wz", "qconv1.B"):
         np.testing.assert_array_equal(init_value(pruned, name), init_value(m, name)[kept])
         assert init_value(pruned, name).dtype == init_value(m, name).dtype
-    kept2 = np.flatnonzero(a.kept_mask(a.spaces.get("qconv2.W", 0), removed))
+    kept2 = np.flatnonzero(a.cut(removed).kept("qconv2.W", 0))
     np.testing.assert_array_equal(init_value(pruned, "qconv2.W"), init_value(m, "qconv2.W")[kept2][:, kept])
     assert g.kind == "channel"
 
@@ -365,8 +365,8 @@ def test_quantized_oracle_would_catch_a_wrong_mask():
     a = run_analysis(m)
     removed = np.concatenate([g.units[::2] for g in a.prunable])
     feeds = runtime.synthetic_inputs(m)
-    got = runtime.run(rewrite.apply(m, a, removed), feeds)[0]
-    assert np.array_equal(got, runtime.run(oracle.masked_model(m, a, removed), feeds)[0])
+    got = runtime.run(rewrite.apply(m, a.cut(removed)), feeds)[0]
+    assert np.array_equal(got, runtime.run(oracle.masked_model(m, a.cut(removed)), feeds)[0])
     assert not np.array_equal(got, runtime.run(m, feeds)[0])
 
 
@@ -416,7 +416,7 @@ def test_integer_ops_prune_with_their_zero_points(op):
     m = _integer_model(op)
     a, pruned, removed = assert_oracle(m)
     axis = 0 if op == "ConvInteger" else 1
-    kept = np.flatnonzero(a.kept_mask(a.spaces.get("w1", axis), removed))
+    kept = np.flatnonzero(a.cut(removed).kept("w1", axis))
     assert 0 < len(kept) < 16
     np.testing.assert_array_equal(init_value(pruned, "w1"), np.take(init_value(m, "w1"), kept, axis=axis))
     if op == "MatMulInteger":  # per-column zero point
@@ -489,9 +489,9 @@ def test_every_opset(opset, tmp_path, capsys):
 
 
 def test_the_newest_runnable_opset_is_covered():
-    from graphprune.api import _runtime_support
+    from graphprune.core.runtime import runtime_support
 
-    newest, _ = _runtime_support()
+    newest, _ = runtime_support()
     assert 17 <= newest <= OPSETS[-1]
 
 

@@ -119,8 +119,8 @@ def test_sensitivity_equals_pruning_that_group(model, tmp_path):
     assert errors[0] == 0 and all(e > 0 for e in errors[1:])
     g = a.group(row["key"])
     p = row["points"][2]
-    order = np.argsort(scoring.score(a, "l2", 0)[g.key], kind="stable")
-    pruned = rewrite.apply(a.view.model, a, g.units[order[:p["removed"]]])
+    order = np.argsort(scoring.score(a, "l2", 0).value[g.key], kind="stable")
+    pruned = rewrite.apply(a.view.model, a.cut(g.units[order[:p["removed"]]]))
     got, base = [], []
     for i in range(len(feeds["input"])):  # the model's batch is fixed to 1
         f = {"input": feeds["input"][i:i + 1]}

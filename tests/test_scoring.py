@@ -74,14 +74,14 @@ def gemm_model(n_in=6) -> onnx.ModelProto:
 
 def consumer_scores(m, importance, feeds):
     analysis = graphprune.analyze(m)
-    from graphprune.api import _consumer_layers
+    from graphprune.passes.calibration import consumer_layers
     from graphprune.passes import calibration
 
-    layers = _consumer_layers(m, analysis)
+    layers = consumer_layers(analysis)
     cal = calibration.load(feeds, m)
     stats = calibration.collect(m, layers, cal, gram=set(layers), shapes={})
     (g,) = analysis.prunable
-    return analysis, g, stats, scoring.score(analysis, importance, stats=stats)[g.key]
+    return analysis, g, stats, scoring.score(analysis, importance, stats=stats).value[g.key]
 
 
 def test_wanda_is_weight_times_activation_norm():

@@ -16,6 +16,7 @@ import onnx
 from ..core.graph import GraphView
 from . import registry
 from .context import Role, RuleContext
+from .cut import Cut
 from .spaces import Space, SpaceTable, connected_components, sorted_unique
 
 
@@ -72,9 +73,25 @@ class Analysis:
                 return g
         raise KeyError(key)
 
-    def kept_mask(self, space: Space, removed_roots: np.ndarray) -> np.ndarray:
-        r = self.roots[space.offset:space.offset + space.size]
-        return ~np.isin(r, removed_roots)
+    @property
+    def id_count(self) -> int:
+        """Unit ids are element ids (a unit is named by its smallest element): arrays indexed by unit id
+        have this length."""
+        return len(self.roots)
+
+    def space(self, tensor: str, axis: int) -> Space | None:
+        """The space of a tensor axis (None for axes of size 1 or unknown size)."""
+        return self.spaces.get(tensor, axis)
+
+    def units_of(self, space_or_tensor, axis: int | None = None) -> np.ndarray:
+        """The unit (channel) id of every element of a space, in element order: `units_of(space)` or
+        `units_of(tensor, axis)`. Elements of one unit are cut together."""
+        sp = space_or_tensor if isinstance(space_or_tensor, Space) else self.spaces.get(space_or_tensor, axis)
+        return self.roots[sp.offset:sp.offset + sp.size]
+
+    def cut(self, removed_units) -> Cut:
+        """The removal of these units (from `Plan.removed_roots`), as passes read it."""
+        return Cut(self, removed_units)
 
 
 CONTROL_FLOW = ("If", "Loop", "Scan")

@@ -8,20 +8,37 @@ is happy with 7 tokens). The user's `--input-shape` always wins.
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..errors import ModelError, UsageError
 from .io import _copy_without_initializers, is_lazy, model_nbytes, tensor_array, tensor_nbytes
 
 DEFAULT_DYNAMIC_DIM = 1
 
 
+# Sessions this process created and the seconds it took: the pipeline reports them per stage (ONNX Runtime's
+# session start-up is a large part of the time of big models; benchmarks/scale.py reads it from the report).
+SESSION_COUNTS = {"sessions": 0, "session_s": 0.0}
+
+
 def session(model: onnx.ModelProto, threads: int = 0, arena: bool = True):
     """An ONNX Runtime CPU session on an in-memory model (of any size). Lazy (memory-mapped) weights are
     mapped by ORT itself from their folder, with weight prepacking off so that it keeps no second copy."""
+    t0 = time.perf_counter()
+    try:
+        return _session(model, threads, arena)
+    finally:
+        SESSION_COUNTS["sessions"] += 1
+        SESSION_COUNTS["session_s"] += time.perf_counter() - t0
+
+
+def _session(model: onnx.ModelProto, threads: int, arena: bool):
     import onnxruntime as ort  # imported here: `graphprune --help` and `--version` never load it
 
     so = ort.SessionOptions()
@@ -220,3 +237,77 @@ def probe_input_shapes(model: onnx.ModelProto, given: dict | None = None) -> dic
     if not given:
         _MEMO[key] = shapes
     return shapes
+
+
+# ---- what ONNX Runtime can run ---------------------------------------------------------------------------
+def check_input_shapes(m: onnx.ModelProto, input_shapes: dict) -> None:
+    """--input-shape fixes dynamic dims; a name, rank or static dim the model contradicts is a usage error
+    (otherwise it surfaces later as a confusing "pruned model fails in ONNX Runtime")."""
+    inits = {t.name for t in m.graph.initializer}
+    inputs = {vi.name: vi for vi in m.graph.input if vi.name not in inits}
+    for name, dims in input_shapes.items():
+        if name not in inputs:
+            raise UsageError(f"--input-shape names '{name}', which is not a graph input "
+                             f"(inputs: {', '.join(inputs) or 'none'})")
+        tt = inputs[name].type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        have = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if len(have) != len(dims):
+            raise UsageError(f"--input-shape {name}: {len(dims)} dims given, the input has rank {len(have)}")
+        for axis, (h, d) in enumerate(zip(have, dims)):
+            if h is not None and h != d:
+                raise UsageError(f"--input-shape {name}: dim {axis} is fixed to {h} in the model, got {d}")
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_support() -> tuple[int, frozenset | None]:
+    """The newest ai.onnx opset ONNX Runtime loads, and the (domain, op) pairs it has CPU kernels for
+    (None when this build does not list them)."""
+    def loads(v: int) -> bool:
+        vi = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [vi],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", v)])
+        m.ir_version = 8
+        try:
+            session(m)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    newest = onnx.defs.onnx_opset_version()
+    while newest > 7 and not loads(newest):
+        newest -= 1
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        kernels = frozenset((k.domain, k.op_name) for k in _pybind_state.get_all_opkernel_def())
+    except Exception:  # noqa: BLE001 - a build without the listing: ORT itself will say it later
+        kernels = None
+    return newest, kernels
+
+
+def check_runnable(m: onnx.ModelProto, where: str) -> None:
+    """Validation runs the model in ONNX Runtime: refuse up front, naming the opset or the node, what it
+    cannot run (instead of a long runtime message about the pruned model after all the work)."""
+    import onnxruntime as ort
+
+    newest, kernels = runtime_support()
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < 7:
+            raise ModelError(f"{where}: opset {o.version} is older than ONNX Runtime runs (7 and newer), and "
+                             "validation needs it; convert the model with onnx.version_converter")
+        if o.domain in ("", "ai.onnx") and o.version > newest:
+            raise ModelError(f"{where}: opset {o.version} is newer than ONNX Runtime {ort.__version__} runs "
+                             f"(up to {newest}), and validation needs it; convert the model to opset {newest} "
+                             "with onnx.version_converter")
+    if kernels is None:
+        return
+    local = {(f.domain, f.name) for f in m.functions}
+    for i, n in enumerate(m.graph.node):
+        key = (n.domain, n.op_type)
+        if n.domain not in ("", "ai.onnx") and key not in kernels and key not in local:
+            name = n.name or f"{n.op_type}_{i}"
+            raise ModelError(f"{where}: node '{name}' uses op {n.domain}::{n.op_type}, which ONNX Runtime "
+                             f"{ort.__version__} cannot run, and validation needs it")

@@ -8,6 +8,8 @@ weight stays a plain slice.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..registry import register
@@ -49,6 +51,27 @@ def _conv_common(ctx, x, w, y):
         ctx.fix(w, ax)
 
 
+def _all_axes(view, t):
+    return [(t, ax) for ax in range(len(view.shape(t) or []))]
+
+
+def conv_macs(view, node):
+    """Each output element sums over one weight row (input channels per group x kernel)."""
+    w, y = view.shape(node.input[1]), view.shape(node.output[0])
+    if None in y:
+        return 0, []
+    return math.prod(y) * math.prod(w[1:]), _all_axes(view, node.output[0]) + [(node.input[1], 1)]
+
+
+def conv_transpose_macs(view, node):
+    """Each input element is spread over one weight row (output channels per group x kernel)."""
+    x, w = view.shape(node.input[0]), view.shape(node.input[1])
+    if None in x:
+        return 0, []
+    return math.prod(x) * math.prod(w[1:]), _all_axes(view, node.input[0]) + [(node.input[1], 1)]
+
+
+
 def rewrite_conv(rctx):
     """`group` follows the kept input channels: group = C_in / (weight's input channels per group)."""
     node = rctx.node
@@ -58,7 +81,7 @@ def rewrite_conv(rctx):
     rctx.set_attr("group", rctx.new_dim(node.input[0], 1) // per_group)
 
 
-@register("conv", "Conv", rewrite=rewrite_conv)
+@register("conv", "Conv", rewrite=rewrite_conv, macs=conv_macs)
 def conv(ctx):
     """Conv 1-D/2-D/3-D, grouped and depthwise: W[out, in/group, k...]."""
     x, w, y = ctx.input(0), ctx.input(1), ctx.output(0)
@@ -105,7 +128,7 @@ def rewrite_conv_transpose(rctx):
     rctx.set_attr("group", rctx.new_dim(node.output[0], 1) // per_group)
 
 
-@register("conv", "ConvTranspose", rewrite=rewrite_conv_transpose)
+@register("conv", "ConvTranspose", rewrite=rewrite_conv_transpose, macs=conv_transpose_macs)
 def conv_transpose(ctx):
     """ConvTranspose: W[in, out/group, k...] (the input axis comes first)."""
     x, w, y = ctx.input(0), ctx.input(1), ctx.output(0)
@@ -116,8 +139,6 @@ def conv_transpose(ctx):
         return
     if not _groups_divide(ctx, sw[0], sw[1] * max(ctx.attr("group", 1), 1)):
         return
-    if ctx.attr("output_padding") and any(ctx.attr("output_padding")):
-        pass  # spatial only
     _conv_common(ctx, x, w, y)
     groups = ctx.attr("group", 1)
     cin = sw[0]

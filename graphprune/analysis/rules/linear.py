@@ -7,6 +7,8 @@ P·V) are handled by the same ties.
 
 from __future__ import annotations
 
+import math
+
 from ..registry import register
 
 
@@ -19,7 +21,25 @@ def _roles(ctx, operand, k_axis, n_axis):
         ctx.role("consumer", operand, k_axis)
 
 
-@register("linear", "Gemm")
+
+def gemm_macs(view, node):
+    """Each output element sums over the inner dimension K of A (axis 0 with transA, else 1)."""
+    a, y = view.shape(node.input[0]), view.shape(node.output[0])
+    k_axis = 0 if view.attr(node, "transA", 0) else 1
+    out = node.output[0]
+    return math.prod(y) * int(a[k_axis]), [(out, ax) for ax in range(len(y or []))] + [(node.input[0], k_axis)]
+
+
+def matmul_macs(view, node):
+    """Each output element sums over A's last axis."""
+    a, y = view.shape(node.input[0]), view.shape(node.output[0])
+    if None in y or a[-1] is None:
+        return 0, []
+    out = node.output[0]
+    return math.prod(y) * int(a[-1]), [(out, ax) for ax in range(len(y))] + [(node.input[0], len(a) - 1)]
+
+
+@register("linear", "Gemm", macs=gemm_macs)
 def gemm(ctx):
     """Gemm (transA/transB): Y[M, N] = A[M, K] · B[K, N] + C."""
     a, b, c, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
@@ -42,7 +62,7 @@ def gemm(ctx):
         ctx.role("consumer", a, a_k)
 
 
-@register("linear", "MatMul")
+@register("linear", "MatMul", macs=matmul_macs)
 def matmul(ctx):
     """MatMul with numpy semantics: [..., M, K] · [..., K, N], batch axes broadcast."""
     a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)

@@ -166,4 +166,4 @@ def masked_weight(view, node_index: int, input_index: int, axis: int, keep: np.n
 
 
 for _op in _WEIGHT_ZERO_POINT:
-    RULES[("", _op)].notes["masked_weight"] = masked_weight
+    RULES[("", _op)].masked_weight = masked_weight

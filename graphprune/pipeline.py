@@ -1,0 +1,293 @@
+"""The prune pipeline: a declared list of stages and the one runner that executes them.
+
+Each stage names the state it needs (`requires`) and the state it provides (`provides`), runs one pass and
+returns a `StageResult(value, info)` (passes/base.py). The runner checks preconditions, times every stage,
+counts the ONNX Runtime sessions it created, and files each stage's info in the state, from which the report
+is made. `api.prune` is `run(PRUNE_STAGES, state)`; `api.analyze` runs the first three stages.
+
+    load -> normalize -> analyze -> [calibration] -> [statistics] -> scoring -> allocation | check_plan
+         -> rewrite -> [validate] -> [compensation -> revalidate] -> [fidelity] -> report
+
+The oracle (inside validate) proves the structural rewrite; compensation changes weights on purpose, so the
+compensated model is validated again without the oracle (revalidate).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import onnx
+
+from . import __version__
+from .analysis import Analysis, AnalysisOptions
+from .analysis import analyze as analyze_groups
+from .analysis.costs import model_stats
+from .analysis.plan import Plan, fingerprint
+from .core import progress
+from .core.graph import GraphView
+from .core.io import load_model_for_pruning
+from .core.runtime import SESSION_COUNTS, check_input_shapes, check_runnable, synthetic_inputs
+from .errors import UsageError
+from .options import PruneOptions
+from .passes import allocation, calibration, compensation, fidelity, rewrite, scoring, validate
+from .passes.base import PreconditionError, StageResult
+from .passes.normalize import unshare_uniform_constants
+from .report import Report
+
+
+@dataclass
+class PruneState:
+    """What the stages read and write. `source` and `options` are given; the rest is made by the stages."""
+
+    source: Any
+    options: PruneOptions
+    given_plan: Plan | None = None  # --plan: applied instead of scoring and allocation
+    plan: Plan | None = None  # the given plan, or the one allocation made
+    original: onnx.ModelProto | None = None  # the model as loaded (never modified)
+    spilled: bool = False  # a large inline model, pruned memory-mapped: the result is read back inline
+    model: onnx.ModelProto | None = None  # the work copy the analysis indexes
+    analysis: Analysis | None = None
+    calib: calibration.Calibration | None = None
+    statistics: tuple | None = None  # (calibration statistics, BatchNorm estimates), either may be None
+    scores: dict | None = None
+    cut: Any = None  # analysis.Cut of the plan
+    pruned: onnx.ModelProto | None = None
+    validation: validate.Validation | None = None
+    fidelity: dict | None = None
+    report: Report | None = None
+    timings: dict = field(default_factory=dict)
+    sessions: dict = field(default_factory=dict)  # ONNX Runtime sessions created per stage
+    info: dict = field(default_factory=dict)  # each stage's StageResult.info, by stage name
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[PruneState], StageResult]
+    provides: tuple[str, ...] = ()  # state fields set from the result's value (a tuple when several)
+    requires: tuple[str, ...] = ()
+    when: Callable[[PruneState], bool] = lambda s: True
+    doc: str = ""
+
+
+def run(stages, state: PruneState) -> PruneState:
+    """Run the stages in order (those whose `when` holds), timing each and collecting its info."""
+    for stage in stages:
+        if not stage.when(state):
+            continue
+        missing = [r for r in stage.requires if getattr(state, r) is None]
+        if missing:
+            raise PreconditionError(f"stage '{stage.name}' needs {', '.join(missing)}, which no earlier stage made")
+        t0, s0 = time.perf_counter(), SESSION_COUNTS["sessions"]
+        result = stage.run(state)
+        state.timings[stage.name] = state.timings.get(stage.name, 0.0) + time.perf_counter() - t0
+        state.sessions[stage.name] = state.sessions.get(stage.name, 0) + SESSION_COUNTS["sessions"] - s0
+        values = result.value if len(stage.provides) > 1 else (result.value,)
+        for name, value in zip(stage.provides, values):
+            setattr(state, name, value)
+        if result.info:
+            state.info[stage.name] = result.info
+    return state
+
+
+# ---- the stages ---------------------------------------------------------------------------------------------
+def _load(s: PruneState) -> StageResult:
+    """Read the model (a large inline one is spilled to a memory-mapped file); check --input-shape and that
+    ONNX Runtime can run it (validation needs that)."""
+    model, spilled = load_model_for_pruning(s.source)
+    check_input_shapes(model, s.options.input_shapes)
+    if s.options.validate:
+        check_runnable(model, "model" if isinstance(s.source, onnx.ModelProto) else os.fspath(s.source))
+    return StageResult((model, spilled))
+
+
+def _normalize(s: PruneState) -> StageResult:
+    work, copies = unshare_uniform_constants(s.original)  # the work copy; `original` is what the user gave
+    return StageResult(work, {"unshared_constants": copies} if copies else {})
+
+
+def _analyze(s: PruneState) -> StageResult:
+    o = s.options
+    opts = AnalysisOptions(o.exclude, o.prune_head_dim, o.prune_hidden, o.input_shapes)
+    with progress.step("analyzing channel groups"):
+        return StageResult(analyze_groups(GraphView(s.model, o.input_shapes), opts))
+
+
+def _calibration(s: PruneState) -> StageResult:
+    calib = calibration.prepare(calibration.load(s.options.calib, s.model, s.options.calib_samples), s.model)
+    return StageResult(calib, calib.describe())
+
+
+def _needs_statistics(s: PruneState) -> bool:
+    imp = s.options.importance
+    return s.given_plan is None and (imp in scoring.DATA_AWARE or imp == "auto")
+
+
+def _statistics(s: PruneState) -> StageResult:
+    """What the data-aware scores read about each consumer layer's input: calibration statistics, or
+    BatchNorm estimates without data."""
+    o, analysis = s.options, s.analysis
+    layers = calibration.consumer_layers(analysis)
+    stats = estimates = None
+    if s.calib is not None and layers:
+        gram = set(layers) if scoring.resolve(o.importance, True, False) == "reconstruction" else set()
+        shapes = {layer.x: analysis.view.shape(layer.x) for layer in layers.values()}
+        stats = calibration.collect(s.model, layers, s.calib, gram, shapes, o.seed)
+    elif layers:
+        estimates = scoring.batchnorm_estimates(analysis, layers) or None
+    if o.importance != "auto" and not (stats or estimates):
+        raise PreconditionError(f"--importance {o.importance} needs calibration data (--calib)"
+                                + ("" if layers else ": no prunable channel is read by a Conv/Gemm/MatMul"))
+    return StageResult((stats, estimates))
+
+
+def _scoring(s: PruneState) -> StageResult:
+    stats, estimates = s.statistics or (None, None)
+    res = scoring.score(s.analysis, s.options.importance, s.options.seed, stats or estimates, s.options.reduction)
+    if estimates and not stats:
+        res.info["statistics"] = "BatchNorm estimates"
+    elif stats:
+        res.info["statistics"] = "calibration"
+    return res
+
+
+def _allocation(s: PruneState) -> StageResult:
+    o = s.options
+    return allocation.allocate(s.analysis, s.scores, fingerprint(s.original), ratio=o.ratio,
+                               ratio_for=o.ratio_for, target=o.target, global_pruning=o.global_pruning,
+                               max_ratio=o.max_ratio, round_to=o.round_to, min_keep=o.min_keep,
+                               normalize=o.normalize, options=o.to_dict())
+
+
+def _check_plan(s: PruneState) -> StageResult:
+    if s.given_plan.fingerprint != fingerprint(s.original):
+        raise UsageError("the plan was made for a different model (fingerprint mismatch)")
+    return StageResult(s.given_plan)
+
+
+def _rewrite(s: PruneState) -> StageResult:
+    cut = s.analysis.cut(s.plan.removed_roots(s.analysis))
+    return StageResult((cut, rewrite.apply(s.model, cut)))
+
+
+def _hidden_cut(s: PruneState) -> bool:
+    """Cutting a normalised (hidden) axis changes the norm's statistics: the oracle does not apply there."""
+    return any(s.analysis.group(k).kind == "hidden" for k, c in s.plan.cuts.items() if c.removed)
+
+
+def _validate(s: PruneState) -> StageResult:
+    with progress.step("validating: checker, shape inference, ONNX Runtime, oracle"):
+        return StageResult(validate.validate(s.pruned, s.model, s.cut, s.options.input_shapes,
+                                             check_oracle=not _hidden_cut(s), seed=s.options.seed))
+
+
+def _compensation_mode(s: PruneState) -> tuple[str, dict | None]:
+    """The compensation `--compensate` resolves to here, and the BatchNorm estimates a data-free bias
+    compensation reads (from the statistics stage, or computed now)."""
+    estimates = (s.statistics or (None, None))[1]
+    o = s.options
+    if s.calib is None and estimates is None and len(s.cut) and o.compensate in ("auto", "bias"):
+        estimates = scoring.batchnorm_estimates(s.analysis, calibration.consumer_layers(s.analysis)) or None
+    return compensation.resolve(o.compensate, s.calib is not None, estimates is not None), estimates
+
+
+def _compensation(s: PruneState) -> StageResult:
+    mode, estimates = _compensation_mode(s)
+    if mode == "none" or not len(s.cut):
+        return StageResult(s.pruned)
+    pruned, info = compensation.compensate(s.model, s.pruned, s.cut, s.calib, mode, s.options.ridge, estimates,
+                                           s.options.seed)
+    return StageResult(pruned, info)
+
+
+def _revalidate(s: PruneState) -> StageResult:
+    """The oracle proved the structural rewrite; compensated weights differ from it by design, so the
+    compensated model gets every other check (checker, shape inference, ONNX Runtime)."""
+    checked = validate.validate(s.pruned, s.model, s.cut, s.options.input_shapes, check_oracle=False,
+                                seed=s.options.seed)
+    checked.oracle_max_abs_diff = s.validation.oracle_max_abs_diff
+    checked.notes.append(f"oracle checked on the structural rewrite, before compensation "
+                         f"({s.info['compensation']['mode']})")
+    return StageResult(checked)
+
+
+def _wants_fidelity(s: PruneState) -> bool:
+    o = s.options
+    return s.calib is not None or o.atol is not None or o.rtol is not None
+
+
+def _fidelity(s: PruneState) -> StageResult:
+    o, calib = s.options, s.calib
+    if calib is not None:
+        feeds, held = (calib.held_out, True) if calib.held_out else (calib.train, False)
+    else:
+        feeds, held = synthetic_inputs(s.model, o.input_shapes, seed=o.seed), False
+    fid = fidelity.fidelity(s.model, s.pruned, feeds, o.atol, o.rtol, held, calib)
+    if calib is None:
+        fid["inputs"] = "synthetic"
+    return StageResult(fid)
+
+
+QUALITY_STAGES = ("calibration", "scoring", "allocation", "compensation")  # their info is report.quality
+
+
+def _report(s: PruneState) -> StageResult:
+    # Count both on the same input shapes (--input-shape), or a dynamic model's before/after ratio is off.
+    o, analysis, plan = s.options, s.analysis, s.plan
+    view = analysis.view if s.model is s.original else GraphView(s.original, o.input_shapes)
+    before, after = model_stats(s.original, view), model_stats(s.pruned, GraphView(s.pruned, o.input_shapes))
+    timings = {k: round(v, 4) for k, v in s.timings.items()}
+    report = Report(
+        before=before, after=after,
+        groups_total=len(analysis.channel_groups),
+        groups_pruned=sum(1 for c in plan.cuts.values() if c.removed),
+        groups_frozen=[{"group": g.key, "size": g.size, "nodes": g.nodes[:4], "reasons": g.reasons}
+                       for g in analysis.frozen],
+        channels_removed=int(plan.n_removed),
+        channels_total=int(sum(g.size for g in analysis.prunable)),
+        validation=s.validation.__dict__ if s.validation else {},
+        options=o.to_dict(),
+        timings=timings,
+        sessions=dict(s.sessions),
+        version=__version__,
+        quality={k: s.info[k] for k in QUALITY_STAGES if k in s.info},
+        fidelity=s.fidelity or {},
+    )
+    return StageResult(report)
+
+
+def _compensated(s: PruneState) -> bool:
+    return "compensation" in s.info and s.options.validate
+
+
+ANALYZE_STAGES = (
+    Stage("load", _load, ("original", "spilled"), doc="read and check the model"),
+    Stage("normalize", _normalize, ("model",), ("original",), doc="untie exporter-shared uniform constants"),
+    Stage("analyze", _analyze, ("analysis",), ("model",), doc="groups of coupled channels"),
+)
+
+PRUNE_STAGES = ANALYZE_STAGES + (
+    Stage("calibration", _calibration, ("calib",), ("model",), when=lambda s: s.options.calib is not None,
+          doc="read calibration samples, split off held-out ones"),
+    Stage("statistics", _statistics, ("statistics",), ("analysis",), when=_needs_statistics,
+          doc="calibration statistics or BatchNorm estimates of each consumer's input"),
+    Stage("scoring", _scoring, ("scores",), ("analysis",), when=lambda s: s.given_plan is None,
+          doc="an importance per unit of every prunable group"),
+    Stage("allocation", _allocation, ("plan",), ("analysis", "scores"), when=lambda s: s.given_plan is None,
+          doc="how many units each group loses, and which"),
+    Stage("check_plan", _check_plan, ("plan",), ("given_plan", "original"),
+          when=lambda s: s.given_plan is not None, doc="a saved plan must be for this model"),
+    Stage("rewrite", _rewrite, ("cut", "pruned"), ("analysis", "plan"), doc="slice weights, fix attributes and shapes"),
+    Stage("validate", _validate, ("validation",), ("pruned", "cut"), when=lambda s: s.options.validate,
+          doc="checker, strict shape inference, ONNX Runtime, oracle"),
+    Stage("compensation", _compensation, ("pruned",), ("pruned", "cut"), when=lambda s: len(s.cut) > 0,
+          doc="re-fit kept weights to the original's outputs"),
+    Stage("revalidate", _revalidate, ("validation",), ("pruned", "validation"), when=_compensated,
+          doc="the compensated model passes every check but the oracle"),
+    Stage("fidelity", _fidelity, ("fidelity",), ("pruned",), when=_wants_fidelity,
+          doc="pruned vs original outputs on held-out samples"),
+    Stage("report", _report, ("report",), ("analysis", "plan", "pruned"), doc="statistics before and after"),
+)
