@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench coverage clean browser
+.PHONY: venv demo test lint bench coverage clean browser
 
 venv: $(STAMP)
 
@@ -20,8 +20,12 @@ demo: $(STAMP)
 	$(VENV)/bin/graphprune analyze .cache/demo/resnet18.onnx --summary
 	$(VENV)/bin/graphprune .cache/demo/resnet18.onnx --ratio 0.5 -o .cache/demo/resnet18.pruned.onnx --report .cache/demo/report.json
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(PY) -m pytest
+
+# ruff, configured in pyproject.toml ([tool.ruff]); installed with the dev extra.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check graphprune passes tests benchmarks models scripts
 
 # Headless Chromium for tests/test_html.py (which skips without it). Best effort, never fatal: installed with
 # apt-get only when running as root on a Debian-like system, non-interactively.

@@ -32,6 +32,22 @@ def _tie_within_heads(ctx, t, ax, heads):
     ctx.tie(t, ax, t, ax, idx, (idx // per) * per)
 
 
+def _freeze_heads_for_extras(ctx, y, axis, past_inputs, bias_input):
+    """KV caches (past inputs, present outputs) and a per-head attention bias are [.., num_heads, ..]:
+    their layouts are not cut, so they keep every head (freezing the output's head axis freezes the
+    whole head group through its ties). A bias broadcast over heads (head dim 1) constrains nothing."""
+    for k in past_inputs:
+        if ctx.input(k):
+            ctx.fix(y, axis, f"{ctx.op} '{ctx.name}' reads a KV cache ('{ctx.input(k)}') laid out by head")
+    for o in ctx.outputs[1:]:
+        if o:
+            ctx.fix(y, axis, f"{ctx.op} '{ctx.name}' returns a KV cache ('{o}') laid out by head")
+    bias = ctx.input(bias_input)
+    sb = ctx.shape(bias)
+    if bias and (sb is None or len(sb) != 4 or sb[1] != 1):
+        ctx.fix(y, axis, f"{ctx.op} '{ctx.name}': attention bias '{bias}' has a head axis")
+
+
 def rewrite_attention(rctx):
     node = rctx.node
     out = node.output[0]
@@ -79,6 +95,7 @@ def ms_attention(ctx):
             _head_ties(ctx, b, 0, heads, size // heads, offset, anchor)
         offset += size
     ctx.role("producer", w, 1)
+    _freeze_heads_for_extras(ctx, y, ry - 1, past_inputs=(4,), bias_input=5)
 
 
 def rewrite_mha(rctx):
@@ -109,8 +126,12 @@ def ms_mha(ctx):
     ctx.tie(q, 1, y, 1)
     ctx.role("consumer", q, 2)
     bias = ctx.input(3)
-    if bias:
-        ctx.fix_tensor(bias, f"MultiHeadAttention '{ctx.name}': packed bias layout not described")
+    if bias:  # packed [q | k | v] bias, each part laid out by head like its projection
+        offset = 0
+        for t in (q, k, v):
+            size = ctx.shape(t)[2]
+            _head_ties(ctx, bias, 0, heads, size // heads, offset, anchor)
+            offset += size
     for extra in ctx.inputs[4:]:
         if extra:
             for ax in ctx.axes(extra):
@@ -118,6 +139,7 @@ def ms_mha(ctx):
     for extra in ctx.outputs[1:]:
         if extra:
             ctx.fix_tensor(extra, f"MultiHeadAttention '{ctx.name}' returns a KV cache")
+    _freeze_heads_for_extras(ctx, y, 2, past_inputs=(6, 7), bias_input=5)
 
 
 @register("contrib", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", domain=MS)
