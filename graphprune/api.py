@@ -31,12 +31,13 @@ class PruneResult:
     analysis: Analysis
 
 
-def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune_hidden=False) -> Analysis:
-    """Groups of coupled channels of a model (path or ModelProto)."""
+def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune_hidden=False,
+            debug=False) -> Analysis:
+    """Groups of coupled channels of a model (path or ModelProto); `debug`: a rule that raises propagates."""
     m = load_model(model)
     _check_input_shapes(m, input_shapes or {})
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # one glob, not one per character
-    opts = AnalysisOptions(exclude, prune_head_dim, prune_hidden, dict(input_shapes or {}))
+    opts = AnalysisOptions(exclude, prune_head_dim, prune_hidden, dict(input_shapes or {}), debug=bool(debug))
     m, _ = unshare_uniform_constants(m)
     with progress.step("analyzing channel groups"):
         return _analyze(GraphView(m, opts.input_shapes), opts)
@@ -187,7 +188,8 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
     original = m
     m, _ = unshare_uniform_constants(m)  # the work copy; `original` is what the user gave us
     view = GraphView(m, options.input_shapes)
-    aopts = AnalysisOptions(options.exclude, options.prune_head_dim, options.prune_hidden, options.input_shapes)
+    aopts = AnalysisOptions(options.exclude, options.prune_head_dim, options.prune_hidden, options.input_shapes,
+                            debug=options.debug)
     with progress.step("analyzing channel groups"):
         analysis = _analyze(view, aopts)
     timings["analyze"] = time.perf_counter() - t
@@ -265,8 +267,8 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
         before=before, after=after,
         groups_total=len(analysis.channel_groups),
         groups_pruned=sum(1 for c in plan.cuts.values() if c.removed),
-        groups_frozen=[{"group": g.key, "size": g.size, "nodes": g.nodes[:4], "reasons": g.reasons}
-                       for g in analysis.frozen],
+        groups_frozen=[{"group": g.key, "size": g.size, "nodes": g.nodes[:4], "reasons": g.reasons,
+                        "refusals": [r.to_dict() for r in g.refusals]} for g in analysis.frozen],
         channels_removed=int(plan.n_removed),
         channels_total=int(sum(g.size for g in analysis.prunable)),
         validation=validation.__dict__ if validation else {},
@@ -275,6 +277,7 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
         version=__version__,
         quality=quality,
         fidelity=fid,
+        internal_errors=[r.to_dict() for r in analysis.internal_errors],
     )
     if spilled:  # the caller gave an inline model and gets one back
         pruned = materialize(pruned)
