@@ -340,7 +340,8 @@ def flatten(ctx):
     if sx is None or sy is None:
         ctx.freeze_node(f"Flatten '{ctx.name}': shapes unknown")
         return
-    axis = ctx.attr("axis", 1) % max(len(sx), 1) if len(sx) else 0
+    axis = ctx.attr("axis", 1)
+    axis = min(max(axis + len(sx) if axis < 0 else axis, 0), len(sx))  # axis == rank is legal: [n, 1]
     groups = [(list(range(0, axis)), [0]), (list(range(axis, len(sx))), [1])]
     if any(sx[a] is None for a in range(axis, len(sx))):
         for ax in range(axis, len(sx)):
