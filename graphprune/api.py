@@ -37,10 +37,11 @@ def _model_source(model, example_inputs):
     return model
 
 
-def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune_hidden=False) -> Analysis:
-    """Groups of coupled channels of a model (path or ModelProto)."""
+def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune_hidden=False,
+            debug=False) -> Analysis:
+    """Groups of coupled channels of a model (path or ModelProto); `debug`: a rule that raises propagates."""
     options = PruneOptions(exclude=exclude, input_shapes=dict(input_shapes or {}), prune_head_dim=prune_head_dim,
-                           prune_hidden=prune_hidden, validate=False).check()
+                           prune_hidden=prune_hidden, validate=False, debug=debug).check()
     state = pipeline.run(pipeline.ANALYZE_STAGES, pipeline.PruneState(_model_source(model, None), options))
     return state.analysis
 

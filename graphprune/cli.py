@@ -179,7 +179,7 @@ def _options(args) -> PruneOptions:
         validate=not args.no_validate, prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden,
         calib=args.calib, calib_samples=args.calib_samples, reduction=args.reduction, normalize=args.normalize,
         global_pruning=args.global_pruning, target=args.target, min_keep=args.min_keep,
-        compensate=args.compensate, ridge=args.ridge, atol=args.atol, rtol=args.rtol,
+        compensate=args.compensate, ridge=args.ridge, atol=args.atol, rtol=args.rtol, debug=args.debug,
     ).check()
 
 
@@ -286,12 +286,13 @@ def _analyze(args) -> int:
         extra = {"importance": args.importance} if args.importance is not None else {}
         opts = PruneOptions(ratio=0.5 if args.ratio is None else args.ratio, exclude=tuple(args.exclude),
                             input_shapes=shapes, seed=args.seed, validate=False,
-                            prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden, **extra).check()
+                            prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden,
+                            debug=args.debug, **extra).check()
         res = prune(args.model, opts)
         a, plan = res.analysis, res.plan
     else:
         a = analyze(args.model, exclude=args.exclude, input_shapes=shapes,
-                    prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden)
+                    prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden, debug=args.debug)
     sens = None
     if args.calib:
         from .html_report import read_calibration, sensitivity

@@ -37,6 +37,7 @@ class PruneOptions:
     ridge: float = 1e-3
     atol: float | None = None
     rtol: float | None = None
+    debug: bool = False  # a rule that raises propagates instead of freezing its node (the CLI's --debug)
 
     def check(self) -> PruneOptions:
         # The API passes Python values straight in: a wrong type must be a UsageError, not a TypeError deep
@@ -87,6 +88,9 @@ class PruneOptions:
             v = getattr(self, name)
             if v not in allowed:
                 raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {v!r}")
+        if not isinstance(self.debug, (bool, np.bool_)):
+            raise UsageError(f"debug must be True or False, got {self.debug!r}")
+        self.debug = bool(self.debug)
         if not isinstance(self.global_pruning, (bool, np.bool_)):
             raise UsageError(f"global_pruning must be True or False, got {self.global_pruning!r}")
         self.global_pruning = bool(self.global_pruning)

@@ -111,7 +111,7 @@ def _normalize(s: PruneState) -> StageResult:
 
 def _analyze(s: PruneState) -> StageResult:
     o = s.options
-    opts = AnalysisOptions(o.exclude, o.prune_head_dim, o.prune_hidden, o.input_shapes)
+    opts = AnalysisOptions(o.exclude, o.prune_head_dim, o.prune_hidden, o.input_shapes, debug=o.debug)
     with progress.step("analyzing channel groups"):
         return StageResult(analyze_groups(GraphView(s.model, o.input_shapes), opts))
 
@@ -244,8 +244,8 @@ def _report(s: PruneState) -> StageResult:
         before=before, after=after,
         groups_total=len(analysis.channel_groups),
         groups_pruned=sum(1 for c in plan.cuts.values() if c.removed),
-        groups_frozen=[{"group": g.key, "size": g.size, "nodes": g.nodes[:4], "reasons": g.reasons}
-                       for g in analysis.frozen],
+        groups_frozen=[{"group": g.key, "size": g.size, "nodes": g.nodes[:4], "reasons": g.reasons,
+                        "refusals": [r.to_dict() for r in g.refusals]} for g in analysis.frozen],
         channels_removed=int(plan.n_removed),
         channels_total=int(sum(g.size for g in analysis.prunable)),
         validation=s.validation.__dict__ if s.validation else {},
@@ -255,6 +255,7 @@ def _report(s: PruneState) -> StageResult:
         version=__version__,
         quality={k: s.info[k] for k in QUALITY_STAGES if k in s.info},
         fidelity=s.fidelity or {},
+        internal_errors=[r.to_dict() for r in analysis.internal_errors],
     )
     return StageResult(report)
 

@@ -41,7 +41,21 @@ def analysis_json(analysis) -> dict:
         "prunable_groups": sum(r["prunable"] for r in rows),
         "frozen_groups": sum(not r["prunable"] for r in rows),
         "prunable_channels": sum(r["channels"] for r in rows if r["prunable"]),
+        "internal_errors": [r.to_dict() for r in analysis.internal_errors],
     }
+
+
+def internal_errors_warning(whys: list[str]) -> str | None:
+    """One line when an op rule raised (its nodes were frozen): a bug in graphprune, not in the model."""
+    if not whys:
+        return None
+    more = f" (and {len(whys) - 1} more)" if len(whys) > 1 else ""
+    return f"warning: {len(whys)} internal error(s) in graphprune's op rules froze their nodes: {whys[0]}{more}"
+
+
+def _print_warning(console: Console, line: str | None) -> None:
+    if line:
+        console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_analysis(analysis, summary: bool = False, console: Console | None = None) -> None:
@@ -62,6 +76,7 @@ def print_analysis(analysis, summary: bool = False, console: Console | None = No
     reasons = Counter(r["reasons"][0] for r in rows if not r["prunable"] and r["reasons"])
     for why, n in reasons.most_common(8):
         console.print(f"  frozen x{n}: {why}")
+    _print_warning(console, internal_errors_warning([str(r) for r in analysis.internal_errors]))
 
 
 def nothing_to_prune_message(analysis) -> str:
@@ -74,7 +89,9 @@ def nothing_to_prune_message(analysis) -> str:
 
 
 def print_nothing_to_prune(analysis, console: Console | None = None) -> None:
-    (console or Console()).print(nothing_to_prune_message(analysis), markup=False, highlight=False, soft_wrap=True)
+    console = console or Console()
+    console.print(nothing_to_prune_message(analysis), markup=False, highlight=False, soft_wrap=True)
+    _print_warning(console, internal_errors_warning([str(r) for r in analysis.internal_errors]))
 
 
 def print_prune(result, report: dict, console: Console | None = None) -> None:
@@ -107,6 +124,7 @@ def print_prune(result, report: dict, console: Console | None = None) -> None:
             extra += f", output cosine vs original {v['output_cosine']:.4f}"
         console.print(f"validation {status}: checker, shape inference, ONNX Runtime{extra}")
     print_quality(rep, console)
+    _print_warning(console, internal_errors_warning([r["why"] for r in rep.internal_errors]))
     if report.get("output"):
         console.print(f"wrote {report['output']}")
     elif rep.fidelity.get("passed") is False:

@@ -13,7 +13,7 @@ class Report:
     after: ModelStats
     groups_total: int
     groups_pruned: int
-    groups_frozen: list = field(default_factory=list)  # [{"group": key, "size": n, "reasons": [...]}]
+    groups_frozen: list = field(default_factory=list)  # [{"group", "size", "nodes", "reasons", "refusals"}]
     channels_removed: int = 0
     channels_total: int = 0
     validation: dict = field(default_factory=dict)
@@ -23,6 +23,7 @@ class Report:
     version: str = ""
     quality: dict = field(default_factory=dict)  # calibration, scoring, allocation, compensation details
     fidelity: dict = field(default_factory=dict)  # pruned vs original outputs on held-out samples
+    internal_errors: list = field(default_factory=list)  # rules that raised (Refusal.to_dict rows): bugs
 
     def ratio(self, attr: str) -> float:
         b = getattr(self.before, attr)

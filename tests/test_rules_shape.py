@@ -168,6 +168,19 @@ def test_flatten_gemm_channel_is_block_of_features():
     np.testing.assert_array_equal(init_value(p, "fc.W"), init_value(m, "fc.W")[:, feats])
 
 
+def test_flatten_at_axis_equal_to_rank_merges_every_axis():
+    """Flatten axis == rank (BERT's TorchScript mask: [1, 7] -> [7, 1]) is legal: every axis goes to axis 0."""
+    g, y = _start(hw=3)
+    y = g.op("Flatten", [y], name="fl", axis=4)  # [144, 1]
+    y = g.op("Reshape", [y, g.ints([1, 16, 3, 3], "target")], name="rs")
+    g.output(g.conv(y, 16, 4, name="c2"))
+    m = g.model()
+    a = run_analysis(m)
+    assert not a.internal_errors, [str(r) for r in a.internal_errors]
+    assert sizes(a.prunable) == [16]
+    assert_oracle(m)
+
+
 @pytest.mark.parametrize("target", [[1, 144], [1, -1], [0, 144], [0, -1]])
 def test_reshape_flatten_constant_target(target):
     g, y = _start(hw=3)

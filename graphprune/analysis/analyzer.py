@@ -17,6 +17,7 @@ from ..core.graph import GraphView
 from . import registry
 from .context import Role, RuleContext
 from .cut import Cut
+from .reasons import BY_DESIGN, Refusal, distinct_by_text, internal_error, qualified_op
 from .spaces import Space, SpaceTable, connected_components, sorted_unique
 
 
@@ -26,6 +27,7 @@ class AnalysisOptions:
     prune_head_dim: bool = False
     prune_hidden: bool = False
     input_shapes: dict = field(default_factory=dict)
+    debug: bool = False  # a rule that raises propagates (a bug to see), instead of freezing its node
 
 
 @dataclass
@@ -37,7 +39,7 @@ class Group:
     units: np.ndarray  # unit root ids, in anchor order
     spaces: list[int]
     frozen: bool
-    reasons: list[str]
+    refusals: list[Refusal]  # why it is frozen, each sentence once, at most 3
     nodes: list[str]  # nodes whose weights this group slices
     producers: list[str]
     consumers: list[str]
@@ -48,6 +50,11 @@ class Group:
     def size(self) -> int:
         return len(self.units)
 
+    @property
+    def reasons(self) -> list[str]:
+        """The refusals as the sentences users read."""
+        return [str(r) for r in self.refusals]
+
 
 @dataclass
 class Analysis:
@@ -57,7 +64,8 @@ class Analysis:
     roles: list[Role]
     groups: list[Group]
     channel_groups: list[Group]  # groups that touch a weight (the ones users care about)
-    space_reasons: dict[int, list[tuple[str, bool]]]
+    space_reasons: dict[int, list[tuple[Refusal, bool]]]  # space id -> (refusal, silent)
+    internal_errors: list[Refusal] = field(default_factory=list)  # rules that raised: bugs, not limitations
 
     @property
     def prunable(self) -> list[Group]:
@@ -102,10 +110,12 @@ def _freeze_control_flow(ctx) -> None:
     tensors it captures from this scope are frozen in `run_pass`) and what it returns keep every channel."""
     for t in ctx.inputs:
         for ax in ctx.axes(t) if t else ():
-            ctx.fix(t, ax, f"flows into {ctx.op} '{ctx.name}' (channels are not pruned through control flow)")
+            ctx.fix(t, ax, f"flows into {ctx.op} '{ctx.name}' (channels are not pruned through control flow)",
+                    BY_DESIGN)
     for t in ctx.outputs:
         for ax in ctx.axes(t) if t else ():
-            ctx.fix(t, ax, f"comes out of {ctx.op} '{ctx.name}' (channels are not pruned through control flow)")
+            ctx.fix(t, ax, f"comes out of {ctx.op} '{ctx.name}' (channels are not pruned through control flow)",
+                    BY_DESIGN)
 
 
 class _Analyzer:
@@ -116,14 +126,15 @@ class _Analyzer:
         for name in self._all_tensors():
             self.spaces.add_tensor(name, view.shape(name), view.is_stored_constant(name))
         self._channel_like: np.ndarray | None = None  # per space id, after pass A
+        self.internal_errors: list[Refusal] = []  # over both passes, each once
         self._reset()
 
     def _reset(self):
         self.ties_u: list[np.ndarray] = []
         self.ties_v: list[np.ndarray] = []
         self.roles: list[Role] = []
-        self.reasons: dict[int, list[tuple[str, bool]]] = {}
-        self.frozen_elements: list[tuple[np.ndarray, str]] = []
+        self.reasons: dict[int, list[tuple[Refusal, bool]]] = {}
+        self.frozen_elements: list[tuple[np.ndarray, Refusal]] = []
         self.marks: dict[int, str] = {}
 
     def _all_tensors(self):
@@ -138,16 +149,17 @@ class _Analyzer:
         self.ties_u.append(e1)
         self.ties_v.append(e2)
 
-    def freeze(self, space_id: int, reason: str, silent: bool = False) -> None:
+    def freeze(self, space_id: int, refusal: Refusal, silent: bool = False) -> None:
+        """Keep every channel of this space; at most 4 refusals per space, each sentence once."""
         lst = self.reasons.setdefault(space_id, [])
-        if len(lst) < 4 and (reason, silent) not in lst:
-            lst.append((reason, silent))
+        if len(lst) < 4 and all((str(r), s) != (str(refusal), silent) for r, s in lst):
+            lst.append((refusal, silent))
 
     def mark(self, space_id: int, what: str) -> None:
         self.marks[space_id] = what
 
-    def freeze_elements(self, elements: np.ndarray, reason: str) -> None:
-        self.frozen_elements.append((np.asarray(elements, dtype=np.int64), reason))
+    def freeze_elements(self, elements: np.ndarray, refusal: Refusal) -> None:
+        self.frozen_elements.append((np.asarray(elements, dtype=np.int64), refusal))
 
     def is_channel_like(self, tensor: str, axis: int) -> bool:
         sp = self.spaces.get(tensor, axis)
@@ -173,23 +185,35 @@ class _Analyzer:
                 continue
             try:
                 rule.analyze(ctx)
-            except Exception as exc:  # noqa: BLE001 - a rule that cannot read its node freezes it
-                ctx.freeze_node(f"{node.op_type} '{ctx.name}' could not be analyzed: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a rule that raises is a bug: frozen, said as one
+                if self.options.debug:
+                    raise
+                refusal = internal_error(ctx.qualified_op, ctx.name, exc)
+                if refusal not in self.internal_errors:
+                    self.internal_errors.append(refusal)
+                ctx.freeze_node(refusal)
             for t in list(node.input) + list(node.output):
                 if not t:
                     continue
                 for sp in self.spaces.of_tensor(t):
                     if (t, sp.axis) not in ctx.touched:
-                        self.freeze(sp.id, f"{node.op_type} '{ctx.name}' does not describe axis {sp.axis} of '{t}'")
+                        why = f"{node.op_type} '{ctx.name}' does not describe axis {sp.axis} of '{t}'"
+                        self.freeze(sp.id, ctx.refusal(why, t, sp.axis))
         for name in view.input_names:
             for sp in self.spaces.of_tensor(name):
-                self.freeze(sp.id, f"reaches graph input '{name}'")
+                self.freeze(sp.id, Refusal(f"reaches graph input '{name}'", tensor=name, axis=sp.axis,
+                                           kind=BY_DESIGN))
         for name in view.output_names:
+            p = view.producer.get(name)  # the node that computes it, where one does
+            maker, op = (None, None) if p is None else (view.names[p], qualified_op(view.nodes[p]))
             for sp in self.spaces.of_tensor(name):
-                self.freeze(sp.id, f"reaches graph output '{name}'")
+                self.freeze(sp.id, Refusal(f"reaches graph output '{name}'", node=maker, op=op, tensor=name,
+                                           axis=sp.axis, kind=BY_DESIGN))
+        op_of = dict(zip(view.names, map(qualified_op, view.nodes))) if view.subgraph_captures else {}
         for name, owner in view.subgraph_captures.items():
             for sp in self.spaces.of_tensor(name):
-                self.freeze(sp.id, f"read inside the subgraph of '{owner}'")
+                self.freeze(sp.id, Refusal(f"read inside the subgraph of '{owner}'", node=owner, op=op_of.get(owner),
+                                           tensor=name, axis=sp.axis, kind=BY_DESIGN))
         self._apply_excludes()
 
     def _apply_excludes(self) -> None:
@@ -204,13 +228,15 @@ class _Analyzer:
             tensors = [t for t in node.input if t and self.view.is_constant(t)] + [t for t in node.output if t]
             for t in tensors:
                 for sp in self.spaces.of_tensor(t):
-                    self.freeze(sp.id, f"excluded by --exclude '{hit}' (node '{name}')")
+                    self.freeze(sp.id, Refusal(f"excluded by --exclude '{hit}' (node '{name}')", node=name,
+                                               op=qualified_op(node), tensor=t, axis=sp.axis, kind=BY_DESIGN))
         for name in self.view.initializers:
             hit = next((p for p in pats if fnmatch.fnmatchcase(name, p)), None)
             if hit is None:
                 continue
             for sp in self.spaces.of_tensor(name):
-                self.freeze(sp.id, f"excluded by --exclude '{hit}' (initializer '{name}')")
+                self.freeze(sp.id, Refusal(f"excluded by --exclude '{hit}' (initializer '{name}')", tensor=name,
+                                           axis=sp.axis, kind=BY_DESIGN))
         # Constants seen through Transpose/Cast: freeze the tensor the consuming node sees as well.
 
     def components(self) -> np.ndarray:
@@ -248,15 +274,19 @@ class _Analyzer:
         bounds = np.flatnonzero(np.diff(inc_root)) + 1
         starts = np.concatenate([[0], bounds])
         ends = np.concatenate([bounds, [len(inc_root)]])
-        elem_reason: dict[int, str] = {}
+        elem_reason: dict[int, Refusal] = {}
         for elements, why in self.frozen_elements:
             for r in sorted_unique(roots[elements]).tolist():
                 elem_reason.setdefault(r, why)
+        # Units split by the sentence that freezes their elements; the first refusal saying it speaks for all.
         sig_units: dict[tuple, list[int]] = {}
+        sig_refusal: dict[tuple, Refusal | None] = {}
         for s, e in zip(starts, ends):
             root = int(inc_root[s])
-            sig = (tuple(inc_space[s:e].tolist()), elem_reason.get(root))
+            why = elem_reason.get(root)
+            sig = (tuple(inc_space[s:e].tolist()), None if why is None else str(why))
             sig_units.setdefault(sig, []).append(root)
+            sig_refusal.setdefault(sig, why)
 
         role_by_space: dict[int, list[Role]] = {}
         for r in self.roles:
@@ -267,16 +297,18 @@ class _Analyzer:
         for gi, units in enumerate(sig_units.values()):
             root_group[units] = gi
         groups: list[Group] = []
-        for (sig, elem_why), units in sig_units.items():
+        for key, units in sig_units.items():
             units_arr = np.array(units, dtype=np.int64)
-            g = self._make_group(len(groups), list(sig), units_arr, roots, role_by_space, elem_why, root_group)
+            g = self._make_group(len(groups), list(key[0]), units_arr, roots, role_by_space, sig_refusal[key],
+                                 root_group)
             groups.append(g)
         groups.sort(key=lambda g: min(g.spaces))
         for i, g in enumerate(groups):
             g.id = i
         self._unique_keys(groups, roots)
         channel = [g for g in groups if g.nodes]
-        return Analysis(self.view, spaces, roots, self.roles, groups, channel, self.reasons)
+        return Analysis(self.view, spaces, roots, self.roles, groups, channel, self.reasons,
+                        list(self.internal_errors))
 
     def _unique_keys(self, groups: list[Group], roots: np.ndarray) -> None:
         """Plans name groups by key, so a key must name one group. Groups with no space of their own can
@@ -317,7 +349,7 @@ class _Analyzer:
             for why, silent in self.reasons.get(sp.id, []):
                 (silent_reasons if silent else reasons).append(why)
         frozen = bool(reasons or silent_reasons)
-        shown = list(dict.fromkeys(reasons or silent_reasons))[:3]
+        shown = distinct_by_text(reasons or silent_reasons)[:3]
 
         nodes, producers, consumers = [], [], []
         for sp in spaces:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from .reasons import BY_DESIGN, UNSUPPORTED, Refusal, qualified_op
+
 
 @dataclass(frozen=True)
 class Role:
@@ -31,6 +33,7 @@ class RuleContext:
         self.node: onnx.NodeProto = self.view.nodes[node_index]
         self.name = self.view.names[node_index]
         self.op = self.node.op_type
+        self.qualified_op = qualified_op(self.node)
         self.touched: set[tuple[str, int]] = set()
 
     # ---- reading ------------------------------------------------------------------------------------
@@ -76,6 +79,12 @@ class RuleContext:
         return self._a.is_channel_like(tensor, axis)
 
     # ---- saying -------------------------------------------------------------------------------------
+    def refusal(self, why, tensor: str | None = None, axis: int | None = None, kind: str = UNSUPPORTED) -> Refusal:
+        """A Refusal said by this node (`why` may already be one: it keeps its own fields)."""
+        if isinstance(why, Refusal):
+            return why
+        return Refusal(why, node=self.name, op=self.qualified_op, tensor=tensor, axis=axis, kind=kind)
+
     def tie(self, t1: str, a1: int, t2: str, a2: int, idx1=None, idx2=None) -> None:
         """Tie elements idx1[k] of (t1, a1) to idx2[k] of (t2, a2); None means all, in order."""
         self.touched.add((t1, a1))
@@ -90,12 +99,15 @@ class RuleContext:
             known, other, d_other = (s1, t2, d2) if s2 is None else (s2, t1, d1)
             if d_other == 1 and idx1 is None and idx2 is None:
                 return
-            self._a.freeze(known.id, f"{self.op} '{self.name}': size of axis of '{other}' is unknown")
+            ta, aa = (t1, a1) if s2 is None else (t2, a2)
+            self._a.freeze(known.id, self.refusal(f"{self.op} '{self.name}': size of axis of '{other}' is unknown",
+                                                  ta, aa))
             return
         if idx1 is None and idx2 is None:
             if s1.size != s2.size:
-                self._a.freeze(s1.id, f"{self.op} '{self.name}': axis sizes {s1.size} and {s2.size} differ")
-                self._a.freeze(s2.id, f"{self.op} '{self.name}': axis sizes {s1.size} and {s2.size} differ")
+                why = f"{self.op} '{self.name}': axis sizes {s1.size} and {s2.size} differ"
+                self._a.freeze(s1.id, self.refusal(why, t1, a1))
+                self._a.freeze(s2.id, self.refusal(why, t2, a2))
                 return
         e1 = s1.elements(idx1)
         e2 = s2.elements(idx2)
@@ -107,23 +119,26 @@ class RuleContext:
         for p in pairs:
             self.tie(*p)
 
-    def fix(self, tensor: str, axis: int, reason: str | None = None) -> None:
-        """This axis can never lose channels. `reason` None: not a channel axis (reported only if it is tied to one)."""
+    def fix(self, tensor: str, axis: int, reason=None, kind: str | None = None) -> None:
+        """This axis can never lose channels. `reason` None: not a channel axis (reported only if it is tied
+        to one; by design). `kind` (reasons.KINDS) defaults to "unsupported": an idiom no rule handles yet."""
         self.touched.add((tensor, axis))
         sp = self.space(tensor, axis)
         if sp is not None:
+            silent = reason is None
             why = reason or f"axis {axis} of '{tensor}' is not a channel axis of {self.op} '{self.name}'"
-            self._a.freeze(sp.id, why, silent=reason is None)
+            kind = kind or (BY_DESIGN if silent else UNSUPPORTED)
+            self._a.freeze(sp.id, self.refusal(why, tensor, axis, kind), silent=silent)
 
-    def fix_elements(self, tensor: str, axis: int, idx, reason: str) -> None:
+    def fix_elements(self, tensor: str, axis: int, idx, reason, kind: str = UNSUPPORTED) -> None:
         """These elements of the axis must be kept (e.g. a Concat input of size 1 lives there)."""
         sp = self.space(tensor, axis)
         if sp is not None:
-            self._a.freeze_elements(sp.elements(idx), reason)
+            self._a.freeze_elements(sp.elements(idx), self.refusal(reason, tensor, axis, kind))
 
-    def fix_tensor(self, tensor: str, reason: str | None = None) -> None:
+    def fix_tensor(self, tensor: str, reason=None, kind: str | None = None) -> None:
         for ax in self.axes(tensor):
-            self.fix(tensor, ax, reason)
+            self.fix(tensor, ax, reason, kind)
 
     def free(self, tensor: str, axis: int) -> None:
         """This node puts no constraint on the axis (it only observes it, e.g. Shape)."""
@@ -146,12 +161,12 @@ class RuleContext:
         if sp is not None:
             self._a.mark(sp.id, what)
 
-    def freeze_node(self, reason: str) -> None:
-        """Freeze every axis of every input and output of this node."""
+    def freeze_node(self, reason, kind: str = UNSUPPORTED) -> None:
+        """Freeze every axis of every input and output of this node (a Refusal `reason` keeps its fields)."""
         for t in list(self.node.input) + list(self.node.output):
             if t:
                 for ax in self.axes(t):
-                    self.fix(t, ax, reason)
+                    self.fix(t, ax, reason, kind)
 
     def elementwise(self, tensors: list[str], out: str) -> None:
         """Numpy-broadcast ties: each input axis aligned from the right with the output axis."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..reasons import BY_DESIGN
 from ..registry import register
 
 MS = "com.microsoft"
@@ -162,11 +163,11 @@ def ms_skip_layer_norm(ctx):
         if ro == r and ctx.shape(o)[-1] == ctx.shape(y)[-1]:
             ctx.elementwise([y], o)
         elif ro is not None:
-            ctx.fix_tensor(o, f"{ctx.op} '{ctx.name}' returns normalisation statistics")
+            ctx.fix_tensor(o, f"{ctx.op} '{ctx.name}' returns normalisation statistics", BY_DESIGN)
     ctx.mark(x, r - 1, "hidden")
     if not ctx.options.prune_hidden:
         ctx.fix(x, r - 1, f"{ctx.op} '{ctx.name}' normalises over this axis (hidden-size pruning changes its "
-                          f"statistics; opt in with --prune-hidden)")
+                          f"statistics; opt in with --prune-hidden)", BY_DESIGN)
 
 
 @register("contrib", "SimplifiedLayerNormalization", "LayerNormalization", domain=MS)

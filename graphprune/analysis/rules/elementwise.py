@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..reasons import BY_DESIGN
 from ..registry import register
 
 UNARY = (
@@ -54,7 +55,7 @@ def _axis_op(ctx, axis, what):
     axis %= r
     for ax in range(r):
         if ax == axis:
-            ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' {what} axis {ax}")
+            ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' {what} axis {ax}", BY_DESIGN)
             for yy in ctx.outputs:
                 if yy and ctx.rank(yy) == r:
                     ctx.fix(yy, ax)
@@ -77,7 +78,7 @@ def softmax(ctx):
             if ax < axis:
                 ctx.tie(x, ax, y, ax)
             else:
-                ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' normalises over axis {ax}")
+                ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' normalises over axis {ax}", BY_DESIGN)
                 ctx.fix(y, ax)
         return
     _axis_op(ctx, axis, "normalises over")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..reasons import BY_DESIGN
 from ..registry import register
 
 
@@ -30,7 +31,7 @@ def per_channel_norm(ctx):
             # Running statistics are per channel: tie them to the channels so the freeze reaches the group.
             if ctx.rank(extra) == 1:
                 ctx.tie(extra, 0, y, 1)
-            ctx.fix_tensor(extra, f"{ctx.op} '{ctx.name}' in training mode exposes running statistics")
+            ctx.fix_tensor(extra, f"{ctx.op} '{ctx.name}' in training mode exposes running statistics", BY_DESIGN)
 
 
 def rewrite_group_norm(rctx):
@@ -84,7 +85,7 @@ def layer_norm(ctx):
         ctx.mark(x, ax, "hidden")
         if not ctx.options.prune_hidden:
             ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' normalises over this axis (hidden-size pruning "
-                           f"changes its statistics; opt in with --prune-hidden)")
+                           f"changes its statistics; opt in with --prune-hidden)", BY_DESIGN)
     for extra in ctx.outputs[1:]:
         if extra:
             for ax in ctx.axes(extra):
@@ -110,4 +111,4 @@ def mixing_norm(ctx):
         mixed = [a % r for a in ctx.attr("axes", [0, 2, 3])]
     _identity_all(ctx, x, y)
     for ax in mixed:
-        ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' mixes values across axis {ax}")
+        ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' mixes values across axis {ax}", BY_DESIGN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..reasons import BY_DESIGN
 from ..registry import register
 
 
@@ -23,11 +24,11 @@ def pool(ctx):
         ctx.fix(y, ax)
     for extra in ctx.inputs[1:]:
         if extra:
-            ctx.fix_tensor(extra, f"{ctx.op} '{ctx.name}' reads indices that encode channel offsets")
+            ctx.fix_tensor(extra, f"{ctx.op} '{ctx.name}' reads indices that encode channel offsets", BY_DESIGN)
     if len(ctx.outputs) > 1 and ctx.output(1):
         # MaxPool indices are flat offsets into the whole tensor: they change with the channel count.
-        ctx.fix_tensor(ctx.output(1), f"MaxPool '{ctx.name}' returns indices that encode channel offsets")
-        ctx.fix(x, 1, f"MaxPool '{ctx.name}' returns indices that encode channel offsets")
+        ctx.fix_tensor(ctx.output(1), f"MaxPool '{ctx.name}' returns indices that encode channel offsets", BY_DESIGN)
+        ctx.fix(x, 1, f"MaxPool '{ctx.name}' returns indices that encode channel offsets", BY_DESIGN)
 
 
 def _dims_equal_ties(ctx, x, y, what):
@@ -155,7 +156,7 @@ def reduce(ctx):
             ctx.fix(y, oy)
             oy += 1
         elif ax in axes:
-            ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' reduces over axis {ax}")
+            ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' reduces over axis {ax}", BY_DESIGN)
             if keep:
                 ctx.fix(y, oy)
                 oy += 1
@@ -177,7 +178,7 @@ def topk(ctx):
     for y in ctx.outputs:
         for ax in range(r):
             if ax == axis:
-                ctx.fix(x, ax, f"TopK '{ctx.name}' selects along axis {ax}")
+                ctx.fix(x, ax, f"TopK '{ctx.name}' selects along axis {ax}", BY_DESIGN)
                 ctx.fix(y, ax)
             else:
                 ctx.tie(x, ax, y, ax)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..reasons import BY_DESIGN
 from ..registry import register
 from ...core.shape_values import ConstEntry, DimEntry, ScaledDimEntry, shape_entries
 
@@ -339,7 +340,8 @@ def flatten(ctx):
     if sx is None or sy is None:
         ctx.freeze_node(f"Flatten '{ctx.name}': shapes unknown")
         return
-    axis = ctx.attr("axis", 1) % max(len(sx), 1) if len(sx) else 0
+    axis = ctx.attr("axis", 1)
+    axis = min(max(axis + len(sx) if axis < 0 else axis, 0), len(sx))  # axis == rank is legal: [n, 1]
     groups = [(list(range(0, axis)), [0]), (list(range(axis, len(sx))), [1])]
     if any(sx[a] is None for a in range(axis, len(sx))):
         for ax in range(axis, len(sx)):
@@ -394,7 +396,8 @@ def concat(ctx):
             if ax != axis:
                 ctx.tie(t, ax, y, ax)
         if d == 1:
-            ctx.fix_elements(y, axis, [offset], f"Concat '{ctx.name}' input '{t}' has a single channel")
+            ctx.fix_elements(y, axis, [offset], f"Concat '{ctx.name}' input '{t}' has a single channel",
+                             BY_DESIGN)
         else:
             ctx.tie(t, axis, y, axis, None, offset + np.arange(d))
         ctx.free(t, axis)
@@ -458,7 +461,8 @@ def split(ctx):
             if ax != axis:
                 ctx.tie(x, ax, y, ax)
         if d == 1:
-            ctx.fix_elements(x, axis, [offset], f"Split '{ctx.name}' output '{y}' has a single channel")
+            ctx.fix_elements(x, axis, [offset], f"Split '{ctx.name}' output '{y}' has a single channel",
+                             BY_DESIGN)
         elif d > 1:
             ctx.tie(y, axis, x, axis, None, offset + np.arange(d))
         ctx.free(y, axis)
@@ -548,7 +552,7 @@ def slice_op(ctx):
         ctx.free(x, ax)
         ctx.free(y, ax)
         if n == 1:
-            ctx.fix_elements(x, ax, [s], f"Slice '{ctx.name}' keeps a single channel")
+            ctx.fix_elements(x, ax, [s], f"Slice '{ctx.name}' keeps a single channel", BY_DESIGN)
         elif n > 1:
             ctx.tie(y, ax, x, ax, None, s + np.arange(n))
 
@@ -603,7 +607,7 @@ def gather(ctx):
     flat = np.where(flat < 0, flat + (d or 0), flat)
     ctx.free(x, axis)
     if ri == 0:
-        ctx.fix_elements(x, axis, flat, f"Gather '{ctx.name}' reads a single channel")
+        ctx.fix_elements(x, axis, flat, f"Gather '{ctx.name}' reads a single channel", BY_DESIGN)
     elif sum(n > 1 for n in si) == 1 and np.all(np.diff(flat) > 0):
         # indices of shape [1, n, 1] etc.: one output axis carries the selected channels, in order
         k = next(k for k, n in enumerate(si) if n > 1)
