@@ -72,6 +72,12 @@ class Analysis:
                 return g
         raise KeyError(key)
 
+    def to_networkx(self):
+        """The channel-dependency graph as a networkx.MultiDiGraph (graphprune.analysis.depgraph)."""
+        from .depgraph import to_networkx  # networkx loads only when asked for
+
+        return to_networkx(self)
+
     def kept_mask(self, space: Space, removed_roots: np.ndarray) -> np.ndarray:
         r = self.roots[space.offset:space.offset + space.size]
         return ~np.isin(r, removed_roots)
