@@ -17,6 +17,7 @@ from .analysis import analyze as _analyze
 from .errors import ModelError, UsageError, first_line
 from .core.graph import GraphView
 from .core.io import load_model, load_model_for_pruning, materialize
+from .interop import from_graphsurgeon, is_graphsurgeon_graph, to_graphsurgeon
 from .passes.normalize import unshare_uniform_constants
 from .options import PruneOptions
 from .analysis.plan import Plan, fingerprint
@@ -30,9 +31,15 @@ class PruneResult:
     plan: Plan
     analysis: Analysis
 
+    def to_graphsurgeon(self):
+        """The pruned model as an onnx_graphsurgeon.Graph (for TensorRT pipelines)."""
+        return to_graphsurgeon(self.model)
+
 
 def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune_hidden=False) -> Analysis:
     """Groups of coupled channels of a model (path or ModelProto)."""
+    if is_graphsurgeon_graph(model):  # an onnx_graphsurgeon.Graph is exported to ONNX first
+        model = from_graphsurgeon(model)
     m = load_model(model)
     _check_input_shapes(m, input_shapes or {})
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # one glob, not one per character
@@ -161,6 +168,8 @@ def prune(model, options: PruneOptions | None = None, *, plan: Plan | None = Non
           **kwargs) -> PruneResult:
     """Prune a model (path, ModelProto, or a torch.nn.Module with `example_inputs`, exported first) and
     return the validated result; nothing is written."""
+    if is_graphsurgeon_graph(model):  # an onnx_graphsurgeon.Graph is exported to ONNX first
+        model = from_graphsurgeon(model)
     if _is_torch_module(model):
         model = from_torch(model, example_inputs)
     elif example_inputs is not None:
