@@ -13,6 +13,7 @@ from .analysis.plan import Plan
 from .core.io import materialize
 from .core.torch_export import from_torch, is_torch_module
 from .errors import UsageError
+from .interop import from_graphsurgeon, is_graphsurgeon_graph, to_graphsurgeon
 from .options import PruneOptions
 from .report import Report
 
@@ -24,9 +25,16 @@ class PruneResult:
     plan: Plan
     analysis: Analysis
 
+    def to_graphsurgeon(self):
+        """The pruned model as an onnx_graphsurgeon.Graph (for NVIDIA/TensorRT pipelines that edit graphs)."""
+        return to_graphsurgeon(self.model)
+
 
 def _model_source(model, example_inputs):
-    """What the load stage reads: a path or a ModelProto (a torch.nn.Module is exported first)."""
+    """What the load stage reads: a path or a ModelProto (a torch.nn.Module is exported first, an
+    onnx_graphsurgeon.Graph converted)."""
+    if is_graphsurgeon_graph(model):
+        return from_graphsurgeon(model)
     if is_torch_module(model):
         return from_torch(model, example_inputs)
     if example_inputs is not None:

@@ -106,6 +106,8 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page: the groups table and "
                    "a per-layer chart of channels (kept and removed with --ratio)")
+    p.add_argument("--graph", metavar="PATH", help="write the channel-dependency graph (ops, tensors, channel "
+                   "axes, groups): .graphml, .gexf or .dot/.gv by extension")
     p.add_argument("--calib", metavar="NPZ", help="calibration samples (.npz keyed by input name, samples on "
                    "axis 0): adds per-group sensitivity curves (output error vs ratio)")
     return p
@@ -270,14 +272,17 @@ def _analyze(args) -> int:
     from .api import analyze, prune
     from .render import analysis_json, print_analysis
 
-    if args.html:
-        html = Path(args.html)
-        if not html.parent.exists():
-            raise UsageError(f"--html {args.html}: folder does not exist")
-        if html.is_dir():
-            raise UsageError(f"--html {args.html}: is a directory")
-        if html.resolve() == Path(args.model).resolve():
-            raise UsageError(f"--html {args.html}: would overwrite the input model")
+    for flag, side in (("--html", args.html), ("--graph", args.graph)):
+        if side and not Path(side).parent.exists():
+            raise UsageError(f"{flag} {side}: folder does not exist")
+        if side and Path(side).is_dir():
+            raise UsageError(f"{flag} {side}: is a directory")
+        if side and Path(side).resolve() == Path(args.model).resolve():
+            raise UsageError(f"{flag} {side}: would overwrite the input model")
+    if args.graph:
+        from .analysis.depgraph import check_graph_path
+
+        check_graph_path(args.graph, "--graph")
     shapes = parse_input_shapes(args.input_shape)
     progress.enable(not (args.quiet or args.json))
     plan = None
@@ -304,6 +309,10 @@ def _analyze(args) -> int:
         from .html_report import write_html
 
         write_html(a, args.html, plan, title=Path(args.model).name, sensitivity_rows=sens)
+    if args.graph:
+        from .analysis.depgraph import write_graph
+
+        write_graph(a, args.graph)
     if args.json:
         d = analysis_json(a)
         if sens is not None:
@@ -321,8 +330,9 @@ def _analyze(args) -> int:
         for row in sens or []:
             curve = ", ".join(f"{p['ratio']:g}: {p['relative_error']:.3g}" for p in row["points"][1:])
             print(f"sensitivity of {row['key']} (output relative error at ratio {curve})")
-        if args.html:
-            print(f"wrote {args.html}")
+        for side in (args.html, args.graph):
+            if side:
+                print(f"wrote {side}")
     return 0
 
 

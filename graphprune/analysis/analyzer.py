@@ -101,6 +101,12 @@ class Analysis:
         """The removal of these units (from `Plan.removed_roots`), as passes read it."""
         return Cut(self, removed_units)
 
+    def to_networkx(self):
+        """The channel-dependency graph as a networkx.MultiDiGraph (graphprune.analysis.depgraph)."""
+        from .depgraph import to_networkx  # networkx loads only when asked for
+
+        return to_networkx(self)
+
 
 CONTROL_FLOW = ("If", "Loop", "Scan")
 
