@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench coverage clean browser
+.PHONY: venv demo test lint coverage clean browser
 
 venv: $(STAMP)
 

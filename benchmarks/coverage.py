@@ -24,11 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import graphprune  # noqa: E402
-from graphprune.core import runtime  # noqa: E402
-from graphprune.passes import oracle
 from graphprune.analysis import analyze  # noqa: E402
+from graphprune.core import runtime  # noqa: E402
 from graphprune.core.graph import GraphView  # noqa: E402
-from graphprune.passes import rewrite  # noqa: E402
+from graphprune.passes import (
+    oracle,
+    rewrite,  # noqa: E402
+)
 
 
 def oracle_check(model, seed=0):

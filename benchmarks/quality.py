@@ -211,8 +211,8 @@ def predictions(model, x) -> np.ndarray:
 
 
 def macs_params(model, shapes=None) -> tuple[int, int]:
-    from graphprune.core.graph import GraphView
     from graphprune.analysis.costs import model_stats as stats
+    from graphprune.core.graph import GraphView
 
     m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     s = stats(m, GraphView(m, shapes or {"input": [1, 1, 8, 8]}))
@@ -586,8 +586,8 @@ def run_text(quick: bool, log) -> dict:
     path = export_lm(lm, CACHE / "text_lm.onnx")
     model = onnx.load(str(path))
     shapes = {"ids": [1, CONTEXT]}
-    from graphprune.core.graph import GraphView
     from graphprune.analysis.costs import model_stats as stats
+    from graphprune.core.graph import GraphView
 
     base_stats = stats(model, GraphView(model, shapes))
     base = perplexity(model, tx, ty)

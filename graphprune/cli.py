@@ -192,9 +192,9 @@ def _default_output(model: str) -> Path:
 
 
 def _prune(args) -> int:
+    from .analysis.plan import Plan
     from .api import prune
     from .core.io import save_model
-    from .analysis.plan import Plan
     from .render import print_prune
 
     opts = _options(args)

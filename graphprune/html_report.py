@@ -127,8 +127,8 @@ def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SEN
     oracle's masked model, which equals the pruned one (the tests prove it), so nothing is rewritten."""
     from graphprune.passes import scoring
 
-    from .passes.oracle import masked_model
     from .core.runtime import session
+    from .passes.oracle import masked_model
 
     model = analysis.view.model
     batches = list(_batches(model, feeds))

@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-
 def human(n: float, digits: int = 4) -> str:
     """A count with a K/M/G/T suffix and `digits` significant digits (tables, the HTML page)."""
     for unit in ("", "K", "M", "G", "T"):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .cnn_classic import (
+    VGG,
     BasicBlock,
     Bottleneck,
     Conv1dNet,
@@ -26,9 +27,8 @@ from .cnn_classic import (
     InceptionNet,
     ResNet,
     SqueezeNet,
-    VGG,
 )
-from .cnn_dense import C2f, SPPF, Detect, DoubleConv, UNet, YoloBottleneck, YoloC2f
+from .cnn_dense import SPPF, C2f, Detect, DoubleConv, UNet, YoloBottleneck, YoloC2f
 from .cnn_mobile import (
     EFFNET_B0_SETTINGS,
     MBV2_FULL_SETTINGS,

@@ -6,7 +6,7 @@ All widths/depths are constructor arguments; the zoo registers small configurati
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

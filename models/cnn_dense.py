@@ -6,7 +6,7 @@ logits; per-level box/class maps), whose channels are fixed by the task.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

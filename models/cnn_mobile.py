@@ -7,7 +7,7 @@ hard-sigmoid), ReLU6 / hard-swish / SiLU activations, channel split + shuffle.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -35,7 +35,8 @@ import pathlib
 import tempfile
 import threading
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import onnx
 import torch
@@ -220,7 +221,7 @@ def _export_dynamo(
 # In-process memo of *unoptimised* dynamo translations (serialised ModelProto bytes), so
 # exporting the keep_bn and the folded variant of one model runs torch.export only once.
 # Keyed by (name, seed, dynamic_batch, opset); bounded by size (LRU).
-_MEMO: "collections.OrderedDict[tuple, bytes]" = collections.OrderedDict()
+_MEMO: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
 _MEMO_MAX_BYTES = 256 << 20
 _MEMO_MAX_ENTRY = 32 << 20
 

@@ -7,7 +7,7 @@ so that exported graphs carry non-trivial BN statistics (BN folding is never a n
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -50,9 +50,10 @@ import pathlib
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -767,7 +768,7 @@ def randomize_weights(model: nn.Module, gen: torch.Generator) -> None:
 # --------------------------------------------------------------------------- export
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def transformer_cache_key() -> str:
     """Hash of torch / transformers / onnx / onnxscript versions and of this module's source."""
     parts = [f"torch={torch.__version__}"]

@@ -15,6 +15,7 @@ each of its channel axes.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from graphprune.analysis.costs import CostModel

@@ -24,11 +24,23 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from graphprune.errors import UsageError
 from graphprune.core.io import tensor_array
+from graphprune.errors import UsageError
 
-from .calibration import (Calibration, LinearLayer, Probe, batch_size, batches, by_budget, cross, gram_bytes,
-                          gram_fits, linear_layers, progress, row_pick)
+from .calibration import (
+    Calibration,
+    LinearLayer,
+    Probe,
+    batch_size,
+    batches,
+    by_budget,
+    cross,
+    gram_bytes,
+    gram_fits,
+    linear_layers,
+    progress,
+    row_pick,
+)
 
 MODES = ("auto", "none", "bias", "lstsq", "all")
 RIDGE = 1e-3  # relative to the mean diagonal of a layer's input Gram matrix

@@ -1,7 +1,6 @@
 """Replace the supported-op table in README.md with the one generated from the rule registry."""
 
 import io
-import re
 from contextlib import redirect_stdout
 from pathlib import Path
 

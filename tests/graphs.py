@@ -206,8 +206,7 @@ def out_shape(model, tensor: str, feeds=None):
 def assert_removal_oracle(model, analysis, removed, check: bool = True, seed: int = 0, rtol=1e-4, atol=1e-5):
     """Prune exactly the units `removed` and compare with the masked original (tests.oracle tolerance)."""
     from graphprune.core import runtime
-    from graphprune.passes import oracle
-    from graphprune.passes import rewrite
+    from graphprune.passes import oracle, rewrite
 
     removed = np.asarray(removed, dtype=np.int64)
     pruned = rewrite.apply(model, analysis.cut(removed))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from graphprune.core import runtime
-from graphprune.passes import oracle
 from graphprune.analysis import AnalysisOptions, analyze
+from graphprune.core import runtime
 from graphprune.core.graph import GraphView
-from graphprune.passes import rewrite
+from graphprune.passes import oracle, rewrite
 
 
 def random_removal(analysis, rng, fraction=0.5):

@@ -21,8 +21,8 @@ from onnx import TensorProto as TP
 from onnx import helper
 
 import graphprune
-from graphprune.core import runtime
 from graphprune.cli import main
+from graphprune.core import runtime
 from tests import corpus
 from tests.graphs import GraphBuilder, init_value, run_analysis
 from tests.oracle import assert_oracle
@@ -311,8 +311,7 @@ def test_qdq_oracle(per_channel, seed):
     and fake-quantized activations. Rounding turns last-bit float differences into whole quantization steps,
     so the oracle compares with the per-tensor activation Q/DQ pairs as Identity (what validation does too),
     and the pruned model with them must still run."""
-    from graphprune.passes import oracle
-    from graphprune.passes import rewrite
+    from graphprune.passes import oracle, rewrite
     from tests.oracle import random_removal
 
     m = corpus.qdq_model(per_channel)
@@ -358,8 +357,7 @@ def test_qlinearconv_slices_scales_zero_points_and_bias_with_the_weight():
 def test_quantized_oracle_would_catch_a_wrong_mask():
     """Negative control: the removed input channels really matter (the unmasked original differs), so the
     exact equality above is a real check of the integer-domain masking."""
-    from graphprune.passes import oracle
-    from graphprune.passes import rewrite
+    from graphprune.passes import oracle, rewrite
 
     m = corpus.qlinear_conv_model()
     a = run_analysis(m)

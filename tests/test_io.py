@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune.core import io, runtime
 from graphprune.cli import main
+from graphprune.core import io, runtime
 
 from .corpus import set_location
 from .tinynet import tinynet

@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune.core import io, runtime
 from graphprune.cli import main
+from graphprune.core import io, runtime
 
 from .tinynet import tinynet
 

@@ -4,8 +4,18 @@ DepthToSpace/SpaceToDepth, channel shuffle, Gather, Expand; and the constants ea
 import numpy as np
 import pytest
 
-from tests.graphs import (GraphBuilder, assert_removal_oracle, attr, group_of, init_value, input_value, kept, node_by_name, run_analysis,
-                          sizes)
+from tests.graphs import (
+    GraphBuilder,
+    assert_removal_oracle,
+    attr,
+    group_of,
+    init_value,
+    input_value,
+    kept,
+    node_by_name,
+    run_analysis,
+    sizes,
+)
 from tests.oracle import assert_oracle, assert_ratio_zero_identical
 
 

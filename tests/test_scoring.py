@@ -74,8 +74,8 @@ def gemm_model(n_in=6) -> onnx.ModelProto:
 
 def consumer_scores(m, importance, feeds):
     analysis = graphprune.analyze(m)
-    from graphprune.passes.calibration import consumer_layers
     from graphprune.passes import calibration
+    from graphprune.passes.calibration import consumer_layers
 
     layers = consumer_layers(analysis)
     cal = calibration.load(feeds, m)

@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune.core import runtime
 from graphprune.analysis import AnalysisOptions
+from graphprune.core import runtime
 from graphprune.passes.normalize import unshare_uniform_constants
 from models.transformers_zoo import TRANSFORMER_MODELS, get_transformer_model
 from tests.oracle import assert_oracle

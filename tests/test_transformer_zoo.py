@@ -79,13 +79,13 @@ def _single_thread_torch():
     torch.set_num_threads(n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(name: str):
     module, _ = TRANSFORMER_ZOO[name].build(seed=0)
     return module
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(name: str, batch: int, length: int):
     entry = TRANSFORMER_ZOO[name]
     inputs = entry.make_inputs(batch, length)

@@ -86,7 +86,7 @@ def exported(tmp_path_factory):
     return get
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(name: str, batch: int = 1) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """(inputs, torch outputs) for the seed-0 model. batch != 1 draws fresh inputs."""
     module, inputs = ZOO[name].build(seed=0, batch=1)

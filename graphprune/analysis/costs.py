@@ -6,7 +6,6 @@ channel group. The one home of this knowledge; the per-op MAC formulas are hooks
 from __future__ import annotations
 
 import math
-
 from collections import Counter
 from dataclasses import dataclass
 

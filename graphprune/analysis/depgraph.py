@@ -144,7 +144,7 @@ def _attrs(d: dict) -> str:
 # ---- reading the analysis ---------------------------------------------------------------------------
 def _space_groups(analysis) -> list[list[int]]:
     """The group ids of every space's channels (a Concat output holds the channels of several groups)."""
-    root_group = np.full(len(analysis.roots), -1, dtype=np.int64)
+    root_group = np.full(analysis.id_count, -1, dtype=np.int64)
     for g in analysis.groups:
         root_group[g.units] = g.id
     out = []

@@ -13,8 +13,8 @@ Anything a rule does not describe is frozen: the tool never guesses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass

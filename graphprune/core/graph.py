@@ -21,7 +21,7 @@ from .shape_values import ConstEntry, DimEntry, OtherEntry, shape_entries
 # Used to see weights through Transpose/Cast/Identity/DequantizeLinear and to read shape subgraphs.
 _FOLDABLE = {
     "Identity", "Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Concat", "DequantizeLinear",
-    "Gather", "Unsqueeze", "Mul", "Add", "Sub", "Div", "Neg", "Slice", "Flatten", "Shape",
+    "Gather", "Mul", "Add", "Sub", "Div", "Neg", "Slice", "Flatten", "Shape",
 }
 
 

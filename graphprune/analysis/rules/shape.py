@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...core.shape_values import ConstEntry, DimEntry, ScaledDimEntry, shape_entries
 from ..reasons import BY_DESIGN
 from ..registry import register
-from ...core.shape_values import ConstEntry, DimEntry, ScaledDimEntry, shape_entries
 
 # ---------------------------------------------------------------------------------------------- helpers
 
