@@ -21,7 +21,7 @@ import numpy as np
 
 from graphprune.analysis.plan import GroupCut, Plan
 
-TARGETS = ("channels", "params", "macs")
+from .choices import TARGETS  # noqa: F401 - the accepted values, re-exported
 
 
 def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, channels_per_unit: int,

@@ -22,10 +22,9 @@ import numpy as np
 
 from graphprune.errors import UsageError
 
-IMPORTANCES = ("auto", "l2", "l1", "random", "dead", "wanda", "fluctuation", "reconstruction")
+from .choices import IMPORTANCES, NORMALIZATIONS, REDUCTIONS  # noqa: F401 - the accepted values, re-exported
+
 DATA_AWARE = ("dead", "wanda", "fluctuation", "reconstruction")
-REDUCTIONS = ("mean", "sum", "max")
-NORMALIZATIONS = ("lamp", "mean", "zscore", "none")
 DAMPING = 1e-2  # ridge of the OBS inverse, relative to the mean diagonal of the Gram matrix
 
 
