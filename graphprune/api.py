@@ -18,7 +18,7 @@ from .errors import ModelError, UsageError, first_line
 from .core.graph import GraphView
 from .core.io import load_model, load_model_for_pruning, materialize
 from .passes.normalize import unshare_uniform_constants
-from .options import PruneOptions
+from .options import AnalyzeOptions, PruneOptions
 from .analysis.plan import Plan, fingerprint
 from .report import Report, stats
 
@@ -31,12 +31,21 @@ class PruneResult:
     analysis: Analysis
 
 
-def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune_hidden=False) -> Analysis:
-    """Groups of coupled channels of a model (path or ModelProto)."""
+def analyze(model, options: AnalyzeOptions | None = None, **kwargs) -> Analysis:
+    """Groups of coupled channels of a model (path or ModelProto). Options as an AnalyzeOptions or as its
+    fields' keywords (exclude=, input_shapes=, prune_head_dim=, prune_hidden=); the analysis reads only these
+    (ratio, importance, seed and calib are what `graphprune analyze` shows on top of it)."""
+    if options is None:
+        options = AnalyzeOptions.from_kwargs(**kwargs)
+    elif kwargs:
+        raise UsageError("pass either options or keyword arguments, not both")
+    elif not isinstance(options, AnalyzeOptions):
+        raise UsageError(f"options must be an AnalyzeOptions, not {type(options).__name__}")
+    else:
+        options.check()
     m = load_model(model)
-    _check_input_shapes(m, input_shapes or {})
-    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # one glob, not one per character
-    opts = AnalysisOptions(exclude, prune_head_dim, prune_hidden, dict(input_shapes or {}))
+    _check_input_shapes(m, options.input_shapes)
+    opts = AnalysisOptions(options.exclude, options.prune_head_dim, options.prune_hidden, dict(options.input_shapes))
     m, _ = unshare_uniform_constants(m)
     with progress.step("analyzing channel groups"):
         return _analyze(GraphView(m, opts.input_shapes), opts)
