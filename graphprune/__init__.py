@@ -2,10 +2,24 @@
 
 __version__ = "0.1.0"
 
-from .analysis.plan import Plan  # noqa: E402
-from .api import PruneResult, analyze, prune  # noqa: E402
-from .errors import GraphpruneError, ModelError, UsageError, ValidationError  # noqa: E402
-from .options import PruneOptions  # noqa: E402
+import importlib  # noqa: E402
 
-__all__ = ["GraphpruneError", "ModelError", "Plan", "PruneOptions", "PruneResult", "UsageError",
-           "ValidationError", "analyze", "prune", "__version__"]
+from .errors import GraphpruneError, ModelError, OptionError, UsageError, ValidationError  # noqa: E402
+from .options import AnalyzeOptions, PruneOptions  # noqa: E402
+
+# Loaded on first use, so that `import graphprune` (and `graphprune --help`) does not import onnx.
+_LAZY = {"PruneResult": ".api", "analyze": ".api", "prune": ".api", "Plan": ".analysis.plan",
+         "load_model": ".core.io", "save_model": ".core.io"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["AnalyzeOptions", "GraphpruneError", "ModelError", "OptionError", "Plan", "PruneOptions",
+           "PruneResult", "UsageError", "ValidationError", "analyze", "load_model", "prune", "save_model",
+           "__version__"]

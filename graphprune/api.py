@@ -14,7 +14,7 @@ from .core.io import materialize
 from .core.torch_export import from_torch, is_torch_module
 from .errors import UsageError
 from .interop import from_graphsurgeon, is_graphsurgeon_graph, to_graphsurgeon
-from .options import PruneOptions
+from .options import AnalyzeOptions, PruneOptions
 from .report import Report
 
 
@@ -45,12 +45,23 @@ def _model_source(model, example_inputs):
     return model
 
 
-def analyze(model, *, exclude=(), input_shapes=None, prune_head_dim=False, prune_hidden=False,
-            debug=False) -> Analysis:
-    """Groups of coupled channels of a model (path or ModelProto); `debug`: a rule that raises propagates."""
-    options = PruneOptions(exclude=exclude, input_shapes=dict(input_shapes or {}), prune_head_dim=prune_head_dim,
-                           prune_hidden=prune_hidden, validate=False, debug=debug).check()
-    state = pipeline.run(pipeline.ANALYZE_STAGES, pipeline.PruneState(_model_source(model, None), options))
+def analyze(model, options: AnalyzeOptions | None = None, **kwargs) -> Analysis:
+    """Groups of coupled channels of a model (path, ModelProto or onnx_graphsurgeon.Graph). Options as an
+    AnalyzeOptions or as its fields' keywords (exclude=, input_shapes=, prune_head_dim=, prune_hidden=,
+    debug=); the analysis reads only these (ratio, importance, seed and calib are what `graphprune analyze`
+    shows on top of it). Runs the pipeline's first stages (load, normalize, analyze)."""
+    if options is None:
+        options = AnalyzeOptions.from_kwargs(**kwargs)
+    elif kwargs:
+        raise UsageError("pass either options or keyword arguments, not both")
+    elif not isinstance(options, AnalyzeOptions):
+        raise UsageError(f"options must be an AnalyzeOptions, not {type(options).__name__}")
+    else:
+        options.check()
+    stage_options = PruneOptions(exclude=options.exclude, input_shapes=options.input_shapes,
+                                 prune_head_dim=options.prune_head_dim, prune_hidden=options.prune_hidden,
+                                 validate=False, debug=options.debug).check()
+    state = pipeline.run(pipeline.ANALYZE_STAGES, pipeline.PruneState(_model_source(model, None), stage_options))
     return state.analysis
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from . import __version__
 from .core import progress
-from .errors import GraphpruneError, UsageError, first_line
-from .options import PruneOptions, parse_input_shapes
+from .errors import GraphpruneError, OptionError, UsageError, first_line
+from .options import AnalyzeOptions, PruneOptions, add_options, cli_name, from_args, parse_input_shapes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,92 +24,47 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _round_to_arg(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got '{text}'")
-    return value
-
-
-def _common(p: argparse.ArgumentParser) -> None:
+# The option flags come from the fields of PruneOptions / AnalyzeOptions (options.py); the flags written out
+# here are the CLI's own I/O. The lists of field names only fix where each flag appears in --help.
+def _common(p: argparse.ArgumentParser, options) -> None:
     p.add_argument("model", help="input ONNX model")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                   help="node or initializer names never pruned (repeatable)")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS",
-                   help="fix dynamic input dims for analysis, e.g. input:1,3,224,224 (repeatable)")
-    p.add_argument("--prune-head-dim", action="store_true", help="cut inside attention heads instead of whole heads")
-    p.add_argument("--prune-hidden", action="store_true", help="allow cutting axes normalised by LayerNorm")
+    add_options(p, options, ["exclude", "input_shapes", "prune_head_dim", "prune_hidden"])
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_options(p, options, ["debug"])
 
 
 def prune_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="graphprune", description="Structured pruning of ONNX models. "
                 "Also: `graphprune analyze MODEL` lists the channel groups; "
                 "`graphprune bench ORIGINAL PRUNED` measures their ONNX Runtime latency.")
-    _common(p)
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of the channels of every group to remove")
+    _common(p, PruneOptions)
+    add_options(p, PruneOptions, ["ratio"])
     p.add_argument("-o", "--output", help="output path (default: MODEL.pruned.onnx next to the input)")
     p.add_argument("--report", metavar="PATH", help="write the report as JSON")
-    p.add_argument("--round-to", type=_round_to_arg, default="auto", metavar="N|auto",
-                   help="kept channel counts are multiples of N (1: exact counts); auto (default): 16, or 8 in "
-                   "groups of 16-31 channels (fast kernels work on channel blocks; see benchmarks/results/speed.md)")
-    p.add_argument("--head-ratio", type=float, default=None, help="fraction of attention heads to remove (default: --ratio)")
-    p.add_argument("--mlp-ratio", type=float, default=None, help="fraction of MLP neurons to remove (default: --ratio)")
-    p.add_argument("--max-ratio", type=float, default=None, help="never remove more than this fraction of a group")
-    p.add_argument("--importance", default="auto",
-                   help="auto (default: reconstruction with --calib, BatchNorm-aware fluctuation without it when "
-                   "the model has BatchNorm, else l2), l2, l1, random, dead, wanda, fluctuation, reconstruction")
-    p.add_argument("--reduction", default="mean", help="how a channel's scores over layers combine: mean, sum, max")
-    p.add_argument("--normalize", default="lamp",
-                   help="per-group score normalisation for --global: lamp (default), mean, zscore, none")
-    p.add_argument("--global", dest="global_pruning", action="store_true",
-                   help="rank channels of all groups together instead of cutting each group by --ratio")
-    p.add_argument("--target", default="channels",
-                   help="what --ratio removes: channels (default), params or macs (of the whole model)")
-    p.add_argument("--min-keep", type=int, default=1, metavar="N", help="keep at least N channels in every group")
-    p.add_argument("--calib", metavar="NPZ", help="calibration samples: .npz of arrays keyed by input name, "
-                   "samples on axis 0")
-    p.add_argument("--calib-samples", type=int, default=None, metavar="N",
-                   help="calibration samples to use (default 256; the rest, up to 256, are held out)")
-    p.add_argument("--compensate", default="auto",
-                   help="none, bias, lstsq or all (default: all with --calib; without it bias from BatchNorm "
-                   "statistics where the model has BatchNorm, else none)")
-    p.add_argument("--ridge", type=float, default=1e-3, help="least-squares regularisation (relative)")
-    p.add_argument("--atol", type=float, default=None, help="fidelity check: absolute output tolerance")
-    p.add_argument("--rtol", type=float, default=None, help="fidelity check: relative output tolerance")
-    p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
+    add_options(p, PruneOptions, ["round_to", "head_ratio", "mlp_ratio", "max_ratio", "importance", "reduction",
+                                  "normalize", "global_pruning", "target", "min_keep", "calib", "calib_samples",
+                                  "compensate", "ridge", "atol", "rtol", "seed"])
     p.add_argument("--save-plan", metavar="PATH", help="write the plan (which channels were cut) as JSON")
     p.add_argument("--plan", metavar="PATH", help="apply a saved plan instead of scoring")
     p.add_argument("--dry-run", action="store_true",
                    help="show what would be cut; write no model (--report and --save-plan are still written)")
     p.add_argument("--overwrite", action="store_true", help="allow -o to be the input path")
-    p.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
+    add_options(p, PruneOptions)  # the rest (--no-validate, hidden)
     p.add_argument("--version", action="version", version=f"graphprune {__version__}")
     return p
 
 
 def analyze_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="graphprune analyze", description="List the groups of coupled channels of a model.")
-    _common(p)
+    _common(p, AnalyzeOptions)
     p.add_argument("--summary", action="store_true", help="counts and frozen reasons only")
-    p.add_argument("--ratio", type=float, default=None,
-                   help="also compute the plan at this ratio (what `graphprune MODEL --ratio R` would cut); "
-                        "no model is written")
-    p.add_argument("--importance", default=None, help="scores for the plan (see `graphprune --help`)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random scores and synthetic inputs")
+    add_options(p, AnalyzeOptions, ["ratio", "importance", "seed"])
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML page: the groups table and "
                    "a per-layer chart of channels (kept and removed with --ratio)")
     p.add_argument("--graph", metavar="PATH", help="write the channel-dependency graph (ops, tensors, channel "
                    "axes, groups): .graphml, .gexf or .dot/.gv by extension")
-    p.add_argument("--calib", metavar="NPZ", help="calibration samples (.npz keyed by input name, samples on "
-                   "axis 0): adds per-group sensitivity curves (output error vs ratio)")
+    add_options(p, AnalyzeOptions)  # the rest (--calib)
     return p
 
 
@@ -155,7 +110,9 @@ def _main(argv: list[str], debug: bool) -> int:
     except GraphpruneError as exc:
         if debug:
             raise
-        print(f"graphprune: error: {exc}", file=sys.stderr)
+        # Option errors name options as Python does (ratio=); here they name the flags (--ratio).
+        message = exc.render(cli_name) if isinstance(exc, OptionError) else str(exc)
+        print(f"graphprune: error: {message}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         # `graphprune ... | head`: the reader left; not an error worth a message. Point stdout at devnull
@@ -174,17 +131,6 @@ def _main(argv: list[str], debug: bool) -> int:
         return 1
 
 
-def _options(args) -> PruneOptions:
-    return PruneOptions(
-        ratio=args.ratio, head_ratio=args.head_ratio, mlp_ratio=args.mlp_ratio, max_ratio=args.max_ratio, round_to=args.round_to, exclude=tuple(args.exclude),
-        importance=args.importance, input_shapes=parse_input_shapes(args.input_shape), seed=args.seed,
-        validate=not args.no_validate, prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden,
-        calib=args.calib, calib_samples=args.calib_samples, reduction=args.reduction, normalize=args.normalize,
-        global_pruning=args.global_pruning, target=args.target, min_keep=args.min_keep,
-        compensate=args.compensate, ridge=args.ridge, atol=args.atol, rtol=args.rtol, debug=args.debug,
-    ).check()
-
-
 def _default_output(model: str) -> Path:
     p = Path(model)
     stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
@@ -197,7 +143,7 @@ def _prune(args) -> int:
     from .core.io import save_model
     from .render import print_prune
 
-    opts = _options(args)
+    opts = from_args(PruneOptions, args)
     progress.enable(not (args.quiet or args.json))
     out = Path(args.output) if args.output else _default_output(args.model)
     if not args.dry_run:
@@ -283,21 +229,15 @@ def _analyze(args) -> int:
         from .analysis.depgraph import check_graph_path
 
         check_graph_path(args.graph, "--graph")
-    shapes = parse_input_shapes(args.input_shape)
+    aopts = from_args(AnalyzeOptions, args)
     progress.enable(not (args.quiet or args.json))
     plan = None
-    if args.ratio is not None or args.importance is not None:
-        # The plan a prune would make, without validating or writing anything.
-        extra = {"importance": args.importance} if args.importance is not None else {}
-        opts = PruneOptions(ratio=0.5 if args.ratio is None else args.ratio, exclude=tuple(args.exclude),
-                            input_shapes=shapes, seed=args.seed, validate=False,
-                            prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden,
-                            debug=args.debug, **extra).check()
+    opts = aopts.plan_options()  # the plan a prune would make, without validating or writing anything
+    if opts is not None:
         res = prune(args.model, opts)
         a, plan = res.analysis, res.plan
     else:
-        a = analyze(args.model, exclude=args.exclude, input_shapes=shapes,
-                    prune_head_dim=args.prune_head_dim, prune_hidden=args.prune_hidden, debug=args.debug)
+        a = analyze(args.model, aopts)
     sens = None
     if args.calib:
         from .html_report import read_calibration, sensitivity

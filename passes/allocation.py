@@ -22,9 +22,8 @@ from graphprune.analysis.costs import CostModel
 from graphprune.analysis.plan import GroupCut, Plan
 
 from .base import StageResult
+from .choices import TARGETS  # noqa: F401 - the accepted values, re-exported
 from .scoring import normalize as norm
-
-TARGETS = ("channels", "params", "macs")
 
 
 def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, channels_per_unit: int,

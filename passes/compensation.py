@@ -41,8 +41,8 @@ from .calibration import (
     progress,
     row_pick,
 )
+from .choices import MODES  # noqa: F401 - the accepted values, re-exported
 
-MODES = ("auto", "none", "bias", "lstsq", "all")
 RIDGE = 1e-3  # relative to the mean diagonal of a layer's input Gram matrix
 DRIFTED = "lstsq"  # what `all` does to a layer whose inputs changed but lost no channel: lstsq or stats
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)

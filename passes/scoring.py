@@ -26,11 +26,9 @@ from graphprune.errors import UsageError
 
 from .base import StageResult
 from .calibration import InputStats
+from .choices import IMPORTANCES, NORMALIZATIONS, REDUCTIONS  # noqa: F401 - the accepted values, re-exported
 
-IMPORTANCES = ("auto", "l2", "l1", "random", "dead", "wanda", "fluctuation", "reconstruction")
 DATA_AWARE = ("dead", "wanda", "fluctuation", "reconstruction")
-REDUCTIONS = ("mean", "sum", "max")
-NORMALIZATIONS = ("lamp", "mean", "zscore", "none")
 DAMPING = 1e-2  # ridge of the OBS inverse, relative to the mean diagonal of the Gram matrix
 
 
