@@ -223,7 +223,7 @@ def _dtype_text(dtype) -> str:
 
 
 def _joined(reasons) -> str:
-    return "; ".join(dict.fromkeys(reasons))
+    return "; ".join(dict.fromkeys(str(r) for r in reasons))
 
 
 __all__ = ["GRAPH_FORMATS", "check_graph_path", "to_dot", "to_networkx", "write_graph"]
