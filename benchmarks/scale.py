@@ -128,45 +128,30 @@ def mark(stage, t):
 t = time.perf_counter()
 import graphprune
 import onnxruntime
-from graphprune.analysis import AnalysisOptions, analyze
-from graphprune.core.graph import GraphView
-from graphprune.core.io import load_model_for_pruning, save_model
-from graphprune.passes.normalize import unshare_uniform_constants
-from graphprune.passes import allocation, rewrite, scoring
-from graphprune.analysis.plan import fingerprint
-import graphprune.core.runtime as _rt
-_ort = [0.0]  # seconds spent creating ONNX Runtime sessions (GraphView probes dynamic dims with one)
-_session = _rt.session
-def _timed_session(*a, **k):
-    t = time.perf_counter()
-    try:
-        return _session(*a, **k)
-    finally:
-        _ort[0] += time.perf_counter() - t
-_rt.session = _timed_session
+from graphprune import pipeline
+from graphprune.core.io import save_model
+from graphprune.core.runtime import SESSION_COUNTS
+from graphprune.options import PruneOptions
 mark("import", t)
-t = time.perf_counter(); m, _ = load_model_for_pruning(path); mark("load", t)
-t = time.perf_counter(); m, _ = unshare_uniform_constants(m); view = GraphView(m); mark("graphview", t)
-out["graphview_ort_s"] = round(_ort[0], 4)
-t = time.perf_counter(); a = analyze(view, AnalysisOptions()); mark("analyze", t)
-t = time.perf_counter(); scores = scoring.score(a, "l2", 0)
-if hasattr(allocation, "allocate_uniform"):
-    plan = allocation.allocate_uniform(a, scores, ratio, fingerprint(m))
-else:
-    plan = allocation.allocate(a, scores, fingerprint(m), ratio=ratio).plan
-mark("score+allocate", t)
-removed = plan.removed_roots(a)
-t = time.perf_counter(); pruned = rewrite.apply(m, a, removed); mark("rewrite", t)
-out["nodes"] = len(m.graph.node)
+# The pipeline itself, stage by stage (l2 scores, exact counts, no compensation; validation with "full").
+opts = PruneOptions(ratio=ratio, importance="l2", round_to=1, compensate="none", validate=full)
+state = pipeline.PruneState(path, opts)
+clock = [time.perf_counter(), SESSION_COUNTS["session_s"]]
+def after(stage, st):
+    mark(stage.name, clock[0])
+    out[stage.name]["ort_session_s"] = round(SESSION_COUNTS["session_s"] - clock[1], 4)
+    clock[:] = [time.perf_counter(), SESSION_COUNTS["session_s"]]
+stages = [s for s in pipeline.PRUNE_STAGES if s.name != "report"]
+pipeline.run(stages, state, after)
+a = state.analysis
+out["nodes"] = len(state.model.graph.node)
 out["elements"] = int(a.spaces.total)
 out["groups"] = len(a.channel_groups)
 if full:
-    from graphprune.passes import validate
-    t = time.perf_counter(); v = validate.validate(pruned, m, a, removed); mark("validate", t)
-    out["validation_notes"] = v.notes
+    out["validation_notes"] = state.validation.notes
     import tempfile
     d = tempfile.mkdtemp()
-    t = time.perf_counter(); save_model(pruned, os.path.join(d, "p.onnx")); mark("save", t)
+    t = time.perf_counter(); save_model(state.pruned, os.path.join(d, "p.onnx")); mark("save", t)
     for f in os.listdir(d):
         os.unlink(os.path.join(d, f))
     os.rmdir(d)
@@ -181,9 +166,11 @@ def core(label: str, ratio: float, full: bool = False) -> dict:
     if res["rc"] != 0:
         return {"error": res["stderr"].strip().splitlines()[-1] if res["stderr"].strip() else f"rc {res['rc']}"}
     d = json.loads(res["stdout"].strip().splitlines()[-1])
-    d["core_s"] = round(d["graphview"]["s"] + d["analyze"]["s"] + d["rewrite"]["s"], 4)
-    d["core_own_s"] = round(d["core_s"] - d.get("graphview_ort_s", 0.0), 4)  # without ORT's session start-up
-    d["core_cpu_s"] = round(d["graphview"]["cpu_s"] + d["analyze"]["cpu_s"] + d["rewrite"]["cpu_s"], 4)
+    core = ("normalize", "analyze", "rewrite")
+    d["core_s"] = round(sum(d[k]["s"] for k in core), 4)
+    d["core_ort_s"] = round(sum(d[k]["ort_session_s"] for k in core), 4)  # GraphView's probe of dynamic dims
+    d["core_own_s"] = round(d["core_s"] - d["core_ort_s"], 4)  # without ORT's session start-up
+    d["core_cpu_s"] = round(sum(d[k]["cpu_s"] for k in core), 4)
     d["wall_s"], d["cpu_s"], d["peak_rss_mb"] = res["wall_s"], res["cpu_s"], res["peak_rss_mb"]
     return d
 
@@ -216,10 +203,10 @@ def measure(label: str, args, raw: dict) -> dict:
         "e2e_wall_s": _median([r["wall_s"] for r in ok_e2e]), "e2e_cpu_s": _median([r["cpu_s"] for r in ok_e2e]),
         "e2e_peak_rss_mb": max(r["peak_rss_mb"] for r in ok_e2e), "e2e": best,
         "core_s": _median([r["core_s"] for r in ok_core]) if "core_s" in ok_core[0] else None,
-        "analyze_s": _median([r["graphview"]["s"] + r["analyze"]["s"] for r in ok_core]) if "core_s" in ok_core[0]
+        "analyze_s": _median([r["normalize"]["s"] + r["analyze"]["s"] for r in ok_core]) if "core_s" in ok_core[0]
         else None,
         "rewrite_s": _median([r["rewrite"]["s"] for r in ok_core]) if "core_s" in ok_core[0] else None,
-        "core_ort_s": _median([r.get("graphview_ort_s", 0.0) for r in ok_core]) if "core_s" in ok_core[0] else None,
+        "core_ort_s": _median([r["core_ort_s"] for r in ok_core]) if "core_s" in ok_core[0] else None,
         "core_own_s": _median([r["core_own_s"] for r in ok_core]) if "core_s" in ok_core[0] else None,
         "core_detail": ok_core[len(ok_core) // 2],
         "loadavg": os.getloadavg(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -263,7 +250,7 @@ def write_markdown(raw: dict, args, path: Path) -> None:
                  f"{r['analyze_s']:.3f} s | {r['rewrite_s']:.3f} s | {outdesc} | {r['loadavg'][0]:.1f} |")
     L.append("")
     L.append("Stage times of the end-to-end run (the CLI's report, seconds):\n")
-    stages = ["load", "analyze", "score+allocate", "rewrite", "validate"]
+    stages = ["load", "normalize", "analyze", "scoring", "allocation", "rewrite", "validate"]
     L.append("| model | " + " | ".join(stages) + " | save + startup (rest) | validation notes |")
     L.append("|---|" + "---|" * (len(stages) + 2))
     for label in MODELS:

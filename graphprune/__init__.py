@@ -1,11 +1,10 @@
 """graphprune: structured pruning of ONNX graphs (find coupled channels, cut them, write a valid model)."""
 
-__version__ = "0.1.0"
-
 import importlib  # noqa: E402
 
 from .errors import GraphpruneError, ModelError, OptionError, UsageError, ValidationError  # noqa: E402
 from .options import AnalyzeOptions, PruneOptions  # noqa: E402
+from .version import __version__  # noqa: E402, F401
 
 # Loaded on first use, so that `import graphprune` (and `graphprune --help`) does not import onnx.
 _LAZY = {"PruneResult": ".api", "analyze": ".api", "prune": ".api", "Plan": ".analysis.plan",

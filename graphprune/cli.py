@@ -13,10 +13,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__
 from .core import progress
 from .errors import GraphpruneError, OptionError, UsageError, first_line
 from .options import AnalyzeOptions, PruneOptions, add_options, cli_name, from_args, parse_input_shapes
+from .version import __version__
 
 
 class _Parser(argparse.ArgumentParser):

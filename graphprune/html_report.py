@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .analysis.costs import group_costs
 from .render import human
+from .version import __version__
 
 
 # ---- numbers ----------------------------------------------------------------------------------------------

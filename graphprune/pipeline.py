@@ -22,7 +22,6 @@ from typing import Any
 
 import onnx
 
-from . import __version__
 from .analysis import Analysis, AnalysisOptions
 from .analysis import analyze as analyze_groups
 from .analysis.costs import model_stats
@@ -37,6 +36,7 @@ from .passes import allocation, calibration, compensation, fidelity, rewrite, sc
 from .passes.base import PreconditionError, StageResult
 from .passes.normalize import unshare_uniform_constants
 from .report import Report
+from .version import __version__
 
 
 @dataclass
@@ -74,8 +74,9 @@ class Stage:
     doc: str = ""
 
 
-def run(stages, state: PruneState) -> PruneState:
-    """Run the stages in order (those whose `when` holds), timing each and collecting its info."""
+def run(stages, state: PruneState, after: Callable[[Stage, PruneState], None] | None = None) -> PruneState:
+    """Run the stages in order (those whose `when` holds), timing each and collecting its info; `after(stage,
+    state)`, when given, is called after each stage that ran (benchmarks/scale.py measures memory there)."""
     for stage in stages:
         if not stage.when(state):
             continue
@@ -91,6 +92,8 @@ def run(stages, state: PruneState) -> PruneState:
             setattr(state, name, value)
         if result.info:
             state.info[stage.name] = result.info
+        if after is not None:
+            after(stage, state)
     return state
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..reasons import BY_DESIGN
 from ..registry import register
+from .norm import layer_norm
 
 MS = "com.microsoft"
 
@@ -173,8 +174,6 @@ def ms_skip_layer_norm(ctx):
 @register("contrib", "SimplifiedLayerNormalization", "LayerNormalization", domain=MS)
 def ms_layer_norm(ctx):
     """com.microsoft (Simplified)LayerNormalization (RMSNorm): like LayerNormalization."""
-    from .norm import layer_norm
-
     layer_norm(ctx)
 
 
