@@ -11,7 +11,6 @@ import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
 from ..core.graph import GraphView
 from . import registry
@@ -404,4 +403,4 @@ def analyze(model_or_view, options: AnalysisOptions | None = None) -> Analysis:
     return _Analyzer(view, options).analyze()
 
 
-__all__ = ["Analysis", "AnalysisOptions", "Group", "analyze", "onnx"]
+__all__ = ["Analysis", "AnalysisOptions", "Group", "analyze"]
