@@ -154,15 +154,8 @@ def _prune(args) -> int:
         if out.is_dir():
             raise UsageError(f"{out}: is a directory; -o takes a file path")
     # Check the side outputs before the work, so a bad --report path never leaves a half-done run.
-    for flag, side in (("--report", args.report), ("--save-plan", args.save_plan)):
-        if side and not Path(side).parent.exists():
-            raise UsageError(f"{flag} {side}: folder does not exist")
-        if side and Path(side).is_dir():
-            raise UsageError(f"{flag} {side}: is a directory")
-        if side and Path(side).resolve() == Path(args.model).resolve():
-            raise UsageError(f"{flag} {side}: would overwrite the input model")
-        if side and not args.dry_run and Path(side).resolve() == out.resolve():
-            raise UsageError(f"{flag} {side}: would overwrite the output model")
+    _check_side_outputs(args.model, (("--report", args.report), ("--save-plan", args.save_plan)),
+                        None if args.dry_run else out)
     plan = None
     if args.plan:
         try:
@@ -214,17 +207,28 @@ def _write_text(path: str, text: str) -> None:
     write_text_atomic(path, text)
 
 
+def _check_side_outputs(model: str, sides, out: Path | None = None) -> None:
+    """Report, plan, page and graph paths are checked before the work, so a bad one never leaves a half-done
+    run: the folder exists, the path is no directory, and it is neither the input nor the output model."""
+    for flag, side in sides:
+        if not side:
+            continue
+        path = Path(side)
+        if not path.parent.exists():
+            raise UsageError(f"{flag} {side}: folder does not exist")
+        if path.is_dir():
+            raise UsageError(f"{flag} {side}: is a directory")
+        if path.resolve() == Path(model).resolve():
+            raise UsageError(f"{flag} {side}: would overwrite the input model")
+        if out is not None and path.resolve() == out.resolve():
+            raise UsageError(f"{flag} {side}: would overwrite the output model")
+
+
 def _analyze(args) -> int:
     from .api import analyze, prune
     from .render import analysis_json, print_analysis
 
-    for flag, side in (("--html", args.html), ("--graph", args.graph)):
-        if side and not Path(side).parent.exists():
-            raise UsageError(f"{flag} {side}: folder does not exist")
-        if side and Path(side).is_dir():
-            raise UsageError(f"{flag} {side}: is a directory")
-        if side and Path(side).resolve() == Path(args.model).resolve():
-            raise UsageError(f"{flag} {side}: would overwrite the input model")
+    _check_side_outputs(args.model, (("--html", args.html), ("--graph", args.graph)))
     if args.graph:
         from .analysis.depgraph import check_graph_path
 

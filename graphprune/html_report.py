@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis.costs import group_costs
+from .core.compare import cosine, relative_error
 from .render import human
 from .version import __version__
 
@@ -156,10 +157,8 @@ def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SEN
             if k <= points[-1]["removed"]:
                 continue
             got = np.concatenate(outputs(masked_model(model, analysis.cut(g.units[order[:k]]))))
-            den = np.linalg.norm(base) * np.linalg.norm(got)
-            points.append({"ratio": r, "removed": k,
-                           "relative_error": float(np.linalg.norm(got - base) / max(np.linalg.norm(base), 1e-30)),
-                           "cosine": float(base @ got / den) if den > 0 else 1.0})
+            points.append({"ratio": r, "removed": k, "relative_error": relative_error(base, got),
+                           "cosine": cosine(base, got)})
         rows.append({"key": g.key, "size": g.size, "points": points})
     return rows
 
