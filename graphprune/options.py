@@ -17,7 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import numpy as np
 
 from .errors import OptionError, UsageError
-from .passes.choices import IMPORTANCES, MODES, NORMALIZATIONS, REDUCTIONS, TARGETS
+from .passes.choices import IMPORTANCES, METRICS, MODES, NORMALIZATIONS, REDUCTIONS, TARGETS
 
 _CLI = "cli"  # the metadata key of a field's Option
 
@@ -140,6 +140,14 @@ class PruneOptions:
     ridge: float = option(1e-3, type=float, help="least-squares regularisation (relative)")
     atol: float | None = option(None, type=float, help="fidelity check: absolute output tolerance")
     rtol: float | None = option(None, type=float, help="fidelity check: relative output tolerance")
+    # The accuracy guard (pipeline.py's search stage): the largest cut whose held-out error stays within it.
+    max_error: float | None = option(None, type=float, metavar="E",
+                                     help="with --calib: prune as much as possible (global allocation under "
+                                     "--target) while the held-out error (--metric) stays <= E; --ratio is "
+                                     "then the largest ratio tried")
+    metric: str = option("rel", choices=METRICS,
+                         help="what --max-error bounds: rel (relative output error, default), cosine "
+                         "(1 - cosine) or top1 (drop in top-1 agreement)")
     # --debug: tracebacks instead of one-line errors, and a rule that raises propagates instead of freezing its node
     debug: bool = option(False, flags=("--debug",), help="show tracebacks")
 
@@ -147,7 +155,7 @@ class PruneOptions:
         # The API passes Python values straight in: a wrong type must be a UsageError, not a TypeError deep
         # inside allocation, and a lone string for `exclude` must not become one pattern per character.
         self.exclude = _globs(self.exclude)
-        for name in ("ratio", "head_ratio", "mlp_ratio", "max_ratio", "ridge", "atol", "rtol"):
+        for name in ("ratio", "head_ratio", "mlp_ratio", "max_ratio", "ridge", "atol", "rtol", "max_error"):
             setattr(self, name, _number(name, getattr(self, name)))
         for name in ("round_to", "seed", "min_keep", "calib_samples"):
             v = getattr(self, name)
@@ -163,8 +171,16 @@ class PruneOptions:
         return self
 
     def _check_quality(self) -> None:
-        for name in ("reduction", "normalize", "target", "compensate"):
+        for name in ("reduction", "normalize", "target", "compensate", "metric"):
             _one_of(self, name, quote=repr)
+        if self.max_error is not None:
+            if self.max_error < 0:
+                raise OptionError("{max_error} must be >= 0, got {value}", value=self.max_error)
+            if self.calib is None:
+                raise OptionError("{max_error} needs calibration data ({calib}): the error is measured on "
+                                  "held-out samples")
+            if self.head_ratio is not None or self.mlp_ratio is not None:
+                raise OptionError("{max_error} searches one global ratio; it does not take {head_ratio}/{mlp_ratio}")
         if not isinstance(self.debug, (bool, np.bool_)):
             raise OptionError("{debug} must be True or False, got {value!r}", value=self.debug)
         self.debug = bool(self.debug)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -134,7 +134,8 @@ def _statistics(s: PruneState) -> StageResult:
     """What the data-aware scores read about each consumer layer's input: calibration statistics, or
     BatchNorm estimates without data."""
     o, analysis = s.options, s.analysis
-    layers = calibration.consumer_layers(analysis)
+    unread: dict[str, str] = {}
+    layers = calibration.consumer_layers(analysis, unread)
     stats = estimates = None
     if s.calib is not None and layers:
         gram = set(layers) if scoring.resolve(o.importance, True, False) == "reconstruction" else set()
@@ -145,7 +146,7 @@ def _statistics(s: PruneState) -> StageResult:
     if o.importance != "auto" and not (stats or estimates):
         raise PreconditionError(f"--importance {o.importance} needs calibration data (--calib)"
                                 + ("" if layers else ": no prunable channel is read by a Conv/Gemm/MatMul"))
-    return StageResult((stats, estimates))
+    return StageResult((stats, estimates), {"layers": len(layers), "unread": unread} if unread else {})
 
 
 def _scoring(s: PruneState) -> StageResult:
@@ -155,6 +156,9 @@ def _scoring(s: PruneState) -> StageResult:
         res.info["statistics"] = "BatchNorm estimates"
     elif stats:
         res.info["statistics"] = "calibration"
+    unread = s.info.get("statistics", {}).get("unread")
+    if unread and res.info.get("magnitude_fallback"):
+        res.info["layers_without_statistics"] = unread  # why those groups fell back to magnitude
     return res
 
 
@@ -235,7 +239,67 @@ def _fidelity(s: PruneState) -> StageResult:
     return StageResult(fid)
 
 
-QUALITY_STAGES = ("calibration", "scoring", "allocation", "compensation")  # their info is report.quality
+# ---- the accuracy guard (--max-error) --------------------------------------------------------------------
+SEARCH_STEPS = 6  # bisection steps over the ratio after the first probe (resolution: max ratio / 64)
+
+
+def _wants_search(s: PruneState) -> bool:
+    return s.options.max_error is not None and s.given_plan is None
+
+
+def _search(s: PruneState) -> StageResult:
+    """The largest cut (global allocation under --target) whose held-out error (--metric) stays within
+    --max-error: bisection over the ratio, each candidate allocated, rewritten, compensated and measured
+    on the held-out samples; the statistics and scores are computed once and reused. Ensures the options
+    the later stages read carry the chosen ratio (and global allocation)."""
+    o, calib = s.options, s.calib
+    feeds = calib.held_out or calib.train
+    reference = fidelity.reference_outputs(s.model, feeds, calib)
+    base = replace(o, global_pruning=True)
+    curve: list[dict] = []
+
+    def measure(ratio: float) -> float:
+        trial = replace(s, options=replace(base, ratio=ratio), info={}, timings={},
+                                    sessions={})
+        trial.plan = _allocation(trial).value
+        trial.cut, trial.pruned = _rewrite(trial).value
+        if len(trial.cut):
+            trial.pruned = _compensation(trial).value
+        fid = fidelity.fidelity(s.model, trial.pruned, feeds, held_out=bool(calib.held_out), calib=calib,
+                                reference=reference)
+        err = fidelity.error(fid, o.metric)
+        if err is None:
+            raise UsageError(f"--metric {o.metric}: no model output looks like logits (a last axis of classes); "
+                             "use --metric rel or cosine")
+        after = model_stats(trial.pruned, GraphView(trial.pruned, o.input_shapes))
+        curve.append({"ratio": round(ratio, 4), "macs_kept": after.macs / max(before.macs, 1),
+                      "params_kept": after.params / max(before.params, 1), "error": err,
+                      "within": err <= o.max_error})
+        return err
+
+    before = model_stats(s.model, s.analysis.view)
+    lo, hi = 0.0, o.ratio
+    with progress.step(f"--max-error {o.max_error}: searching the ratio on held-out samples"):
+        if measure(hi) <= o.max_error:
+            lo = hi
+        else:
+            for _ in range(SEARCH_STEPS):
+                mid = (lo + hi) / 2
+                if measure(mid) <= o.max_error:
+                    lo = mid
+                else:
+                    hi = mid
+    s.options = replace(base, ratio=lo)
+    info = {"metric": o.metric, "max_error": o.max_error, "chosen_ratio": round(lo, 4), "largest_tried": o.ratio,
+            "held_out": bool(calib.held_out), "curve": sorted(curve, key=lambda p: p["ratio"])}
+    chosen = next((p for p in curve if p["ratio"] == round(lo, 4)), None)
+    if chosen is None or (chosen["macs_kept"] >= 1.0 and chosen["params_kept"] >= 1.0):
+        info["warning"] = (f"no cut keeps the {o.metric} error within {o.max_error}: nothing was pruned "
+                           "(the model is written unpruned)")
+    return StageResult(None, info)
+
+
+QUALITY_STAGES = ("calibration", "scoring", "search", "allocation", "compensation")  # their info is report.quality
 
 
 def _report(s: PruneState) -> StageResult:
@@ -281,6 +345,8 @@ PRUNE_STAGES = ANALYZE_STAGES + (
           doc="calibration statistics or BatchNorm estimates of each consumer's input"),
     Stage("scoring", _scoring, ("scores",), ("analysis",), when=lambda s: s.given_plan is None,
           doc="an importance per unit of every prunable group"),
+    Stage("search", _search, (), ("analysis", "scores", "calib"), when=_wants_search,
+          doc="--max-error: the largest ratio whose held-out error stays within the bound"),
     Stage("allocation", _allocation, ("plan",), ("analysis", "scores"), when=lambda s: s.given_plan is None,
           doc="how many units each group loses, and which"),
     Stage("check_plan", _check_plan, ("plan",), ("given_plan", "original"),

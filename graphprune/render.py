@@ -132,6 +132,30 @@ def print_prune(result, report: dict, console: Console | None = None) -> None:
         console.print("dry run: nothing written")
 
 
+def _by_reason(why_of: dict[str, str], noun: str) -> str:
+    """'3 layers: reason a; 1 layer: reason b' from {item: reason}, the commonest reason first."""
+    counts: dict[str, int] = {}
+    for why in why_of.values():
+        counts[why] = counts.get(why, 0) + 1
+    return "; ".join(f"{n} {noun}{'s' if n != 1 else ''}: {why}"
+                     for why, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _print_search(sr: dict, console: Console) -> None:
+    """The --max-error curve: each ratio tried, the MACs it kept and its held-out error."""
+    where = "held-out samples" if sr["held_out"] else "calibration samples (none held out)"
+    t = Table(title=f"--max-error {sr['max_error']} ({sr['metric']} error on {where})")
+    for col in ("ratio", "MACs kept", "params kept", "error", ""):
+        t.add_column(col, justify="right")
+    for pt in sr["curve"]:
+        t.add_row(f"{pt['ratio']:.3f}", f"{pt['macs_kept']:.1%}", f"{pt['params_kept']:.1%}", f"{pt['error']:.4f}",
+                  "ok" if pt["within"] else "over")
+    console.print(t)
+    console.print(f"chose ratio {sr['chosen_ratio']:.3f} (largest tried {sr['largest_tried']})")
+    if sr.get("warning"):
+        _print_warning(console, sr["warning"])
+
+
 def print_quality(rep, console: Console) -> None:
     """Scores, allocation and compensation used, and the fidelity table (pruned vs original outputs)."""
     q = rep.quality or {}
@@ -143,6 +167,8 @@ def print_quality(rep, console: Console) -> None:
         s = q["scoring"]
         stat = f" from {s['statistics']}" if s.get("statistics") else ""
         fb = f", magnitude for {len(s['magnitude_fallback'])} groups" if s.get("magnitude_fallback") else ""
+        if s.get("layers_without_statistics"):
+            fb += f" ({_by_reason(s['layers_without_statistics'], 'layer')} without statistics)"
         parts.append(f"scores: {s.get('importance')}{stat}{fb}")
     a = q.get("allocation")
     if a and (a.get("mode") == "global" or a.get("target") != "channels"):
@@ -150,9 +176,16 @@ def print_quality(rep, console: Console) -> None:
                      f"(asked {a['ratio']:.1%})")
     if q.get("compensation"):
         c = q["compensation"]
-        parts.append(f"compensation: {c['mode']}, {len(c.get('layers', {}))} layers re-fit")
+        line = f"compensation: {c['mode']}, {len(c.get('layers', {}))} layers re-fit"
+        if c.get("skipped"):
+            line += f"; not re-fit: {_by_reason(c['skipped'], 'layer')}"
+        if not c.get("layers") and c.get("notes"):
+            line += f" ({'; '.join(c['notes'])})"
+        parts.append(line)
     for p in parts:
         console.print(p)
+    if q.get("search"):
+        _print_search(q["search"], console)
     if a and a.get("note"):
         console.print(f"  note: {a['note']}")
     f = rep.fidelity

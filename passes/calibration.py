@@ -10,6 +10,7 @@ are kept, so memory is bounded by the batch and the Gram sizes, never by the num
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 import onnx
 
 from graphprune.core import progress as _progress
+from graphprune.core.graph import GraphView, find_weight
+from graphprune.core.io import tensor_array
 from graphprune.core.runtime import session, synthetic_inputs, with_outputs
 from graphprune.errors import UsageError
 
@@ -295,9 +298,15 @@ class LinearLayer:
     trans_b: bool = False
     alpha: float = 1.0
     beta: float = 1.0
+    w_shape: tuple = ()  # the weight's dims as the layer reads it
 
     @staticmethod
     def from_node(node: onnx.NodeProto, w_shape, x_rank) -> LinearLayer | None:
+        layer = LinearLayer._from_node(node, w_shape, x_rank)
+        return None if layer is None else dataclasses.replace(layer, w_shape=tuple(int(d) for d in w_shape))
+
+    @staticmethod
+    def _from_node(node: onnx.NodeProto, w_shape, x_rank) -> LinearLayer | None:
         op = node.op_type
         if node.domain not in ("", "ai.onnx") or w_shape is None or x_rank is None:
             return None
@@ -416,31 +425,70 @@ def _as_str(v):
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def linear_layers(model: onnx.ModelProto, shapes: dict[str, list]) -> dict[str, LinearLayer]:
-    """Linear layers of a model by output name, with a stored constant weight (initializer)."""
+def linear_layers(model: onnx.ModelProto, shapes: dict[str, list],
+                  skipped: dict[str, str] | None = None) -> dict[str, LinearLayer]:
+    """Linear layers of a model by output name: Conv, Gemm and MatMul whose weight is stored (an initializer
+    or a Constant node, seen through the ops core.graph.find_weight follows). Layers left out because their
+    weight is computed at run time are filed in `skipped` (output name -> reason) when it is given."""
     inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output if o}
     out = {}
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
-        w = inits.get(node.input[1])
-        if w is None or node.input[0] in inits:
+        if node.input[0] in inits or find_weight(node.input[0], producer.get, inits) is not None:
+            continue  # a constant times a weight-like input: not a layer of the model's activations
+        w_shape = _weight_shape(node.input[1], inits, producer, shapes)
+        if w_shape is None:
+            if skipped is not None:
+                skipped[node.output[0]] = "its weight is computed at run time, not stored"
             continue
         xs = shapes.get(node.input[0])
-        layer = LinearLayer.from_node(node, list(w.dims), None if xs is None else len(xs))
+        layer = LinearLayer.from_node(node, w_shape, None if xs is None else len(xs))
         if layer is not None:
             out[node.output[0]] = layer
+        elif skipped is not None:
+            skipped[node.output[0]] = "its input rank or weight layout is not one the statistics read"
     return out
 
 
-def consumer_layers(analysis) -> dict[str, LinearLayer]:
-    """Linear layers that read a prunable group's channels (where statistics matter), by output name."""
+def _weight_shape(name: str, inits: dict, producer: dict, shapes: dict) -> list | None:
+    """Dims of a stored weight as its layer reads it (through Transpose/Reshape/Cast/DequantizeLinear)."""
+    if name in inits:
+        return list(inits[name].dims)
+    sw = find_weight(name, producer.get, inits)
+    if sw is None:
+        return None
+    known = shapes.get(name)
+    if known and all(isinstance(d, int) for d in known):
+        return list(known)
+
+    def const(t):
+        if t in inits:
+            return np.asarray(tensor_array(inits[t]))
+        return GraphView.const_value_of_constant_node(producer[t])
+
+    return list(sw.values(const)[-1].shape)
+
+
+def consumer_layers(analysis, skipped: dict[str, str] | None = None) -> dict[str, LinearLayer]:
+    """Linear layers that read a prunable group's channels (where statistics matter), by output name; those
+    whose statistics cannot be taken are filed in `skipped` with the reason, when it is given."""
     view = analysis.view
     spaces = {s for g in analysis.prunable for s in g.spaces}
     wanted = {view.nodes[r.node].output[0] for r in analysis.roles
               if r.kind == "consumer" and r.weight and r.space in spaces}
     shapes = {n.input[0]: view.shape(n.input[0]) for n in view.nodes if n.input and n.output[0] in wanted}
-    return {y: layer for y, layer in linear_layers(view.model, shapes).items() if y in wanted}
+    shapes |= {n.input[1]: view.shape(n.input[1]) for n in view.nodes
+               if len(n.input) > 1 and n.output[0] in wanted}
+    found: dict[str, str] = {}
+    layers = {y: layer for y, layer in linear_layers(view.model, shapes, found).items() if y in wanted}
+    if skipped is not None:
+        skipped.update({y: why for y, why in found.items() if y in wanted})
+        for y in wanted:
+            if y not in layers and y not in skipped:
+                skipped[y] = "it is not a Conv, Gemm or MatMul the statistics read"
+    return layers
 
 
 # ---- statistics ------------------------------------------------------------------------------------
@@ -557,9 +605,8 @@ def collect(model: onnx.ModelProto, layers: dict[str, LinearLayer], calib: Calib
     """InputStats for each layer (keyed by output name), with Gram matrices for the layers named in
     `gram`: one pass over the calibration samples, or more when the Gram matrices together would exceed
     GRAM_BUDGET (each pass then holds only some of them)."""
-    inits = {t.name: t for t in model.graph.initializer}
-    gram = [y for y in layers if y in (gram or set()) and gram_fits(layers[y], list(inits[layers[y].w].dims))]
-    chunks = by_budget(gram, lambda y: gram_bytes(layers[y], list(inits[layers[y].w].dims))) or [[]]
+    gram = [y for y in layers if y in (gram or set()) and gram_fits(layers[y], list(layers[y].w_shape))]
+    chunks = by_budget(gram, lambda y: gram_bytes(layers[y], list(layers[y].w_shape))) or [[]]
     stats: dict[str, InputStats] = {}
     for i, chunk in enumerate(chunks):
         todo = layers if i == 0 else {y: layers[y] for y in chunk}

@@ -6,3 +6,4 @@ REDUCTIONS = ("mean", "sum", "max")  # scoring.py: how a unit's consumers/slices
 NORMALIZATIONS = ("lamp", "mean", "zscore", "none")  # scoring.py: per-group normalisation for global ranking
 TARGETS = ("channels", "params", "macs")  # allocation.py: what the ratio measures
 MODES = ("auto", "none", "bias", "lstsq", "all")  # compensation.py
+METRICS = ("rel", "cosine", "top1")  # fidelity.py / --max-error: relative error, 1 - cosine, 1 - top-1 agreement

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from graphprune.core.graph import GraphView, StoredWeight, find_weight
 from graphprune.core.io import tensor_array
 from graphprune.errors import UsageError
 
@@ -57,12 +58,14 @@ def resolve(mode: str, have_data: bool, have_estimates: bool = False) -> str:
 
 
 class _Model:
-    """Editing helpers over the pruned model: nodes by output, initializers, readers."""
+    """Editing helpers over the pruned model: nodes by output, readers, and its weights wherever they are
+    stored (initializers or Constant nodes, through the ops core.graph.find_weight follows)."""
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.inits = {t.name: t for t in model.graph.initializer}
         self.node_of = {n.output[0]: n for n in model.graph.node if n.output}
+        self.producer = {o: n for n in model.graph.node for o in n.output if o}
         self.readers: dict[str, list[onnx.NodeProto]] = {}
         for n in model.graph.node:
             for t in n.input:
@@ -71,18 +74,51 @@ class _Model:
         self.outputs = {o.name for o in model.graph.output}
         self.added = 0
 
+    def weight(self, name: str) -> StoredWeight | None:
+        return find_weight(name, self.producer.get, self.inits)
+
+    def _const(self, name: str) -> np.ndarray:
+        if name in self.inits:
+            return np.asarray(tensor_array(self.inits[name]))
+        return GraphView.const_value_of_constant_node(self.producer[name])
+
     def value(self, name: str) -> np.ndarray:
-        return np.asarray(tensor_array(self.inits[name]))  # lazy (external, memory-mapped) weights too
+        """The weight as its layer reads it (lazy, memory-mapped initializers too)."""
+        if name in self.inits:
+            return np.asarray(tensor_array(self.inits[name]))
+        return self.weight(name).values(self._const)[-1]
+
+    def dims(self, name: str) -> list[int]:
+        if name in self.inits:
+            return list(self.inits[name].dims)
+        return list(self.value(name).shape)
+
+    def why_not_writable(self, name: str) -> str | None:
+        """Why a re-fit value cannot be written where the weight `name` is stored (None: it can)."""
+        sw = self.weight(name)
+        if sw is None:
+            return "its weight is computed at run time, not stored"
+        if sw.quantized:
+            return "its weight is quantized (DequantizeLinear); a re-fit would need re-quantizing"
+        if sw.stored_dtype() not in _FLOAT_TYPES:
+            return "its weight is not stored as float"
+        chain = [sw.stored] + [n.output[0] for n in sw.path]
+        if any(len(self.readers.get(t, [])) != 1 or t in self.outputs for t in chain):
+            return "its weight is shared with another layer"
+        return None
 
     def writable(self, name: str) -> bool:
-        t = self.inits.get(name)
-        return (t is not None and t.data_type in _FLOAT_TYPES and len(self.readers.get(name, [])) == 1
-                and name not in self.outputs)
+        return self.why_not_writable(name) is None
 
     def write(self, name: str, value: np.ndarray) -> None:
-        t = self.inits[name]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        t.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), name))
+        """Store `value` (as the layer reads it) back where the weight lives, in its stored dtype and layout."""
+        if name in self.inits:
+            t = self.inits[name]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+            t.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), name))
+            return
+        sw = self.weight(name)
+        sw.write(sw.invert(value, sw.values(self._const)))
 
     def new_init(self, base: str, value: np.ndarray) -> str:
         name = f"{base}__graphprune_bias"
@@ -107,14 +143,14 @@ class _Bias:
         if layer.op in ("Conv", "Gemm"):
             if len(node.input) > 2 and node.input[2]:
                 b = node.input[2]
-                self.ok = pm.writable(b) and list(pm.inits[b].dims) in ([n_out],)
+                self.ok = pm.writable(b) and pm.dims(b) in ([n_out],)
                 self.name = b
         else:
             readers = pm.readers.get(node.output[0], [])
             if len(readers) == 1 and readers[0].op_type == "Add" and node.output[0] not in pm.outputs:
                 add = readers[0]
                 other = [t for t in add.input if t != node.output[0]]
-                if len(other) == 1 and pm.writable(other[0]) and list(pm.inits[other[0]].dims) == [n_out]:
+                if len(other) == 1 and pm.writable(other[0]) and pm.dims(other[0]) == [n_out]:
                     self.name, self.add = other[0], add
 
     def get(self) -> np.ndarray:
@@ -181,7 +217,7 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
                ridge: float = RIDGE, estimates: dict | None = None, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
     """Return a compensated copy of `pruned` (the rewrite of `original` by `cut`, an analysis.Cut) and what
     was done."""
-    info = {"mode": mode, "layers": {}, "notes": []}
+    info = {"mode": mode, "layers": {}, "notes": [], "skipped": {}}  # skipped: layer -> why it was not re-fit
     if mode == "none" or len(cut) == 0:
         return pruned, info
     view = cut.analysis.view
@@ -190,25 +226,32 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
     out.CopyFrom(pruned)
     pm = _Model(out)
     shapes = {t: view.shape(t) for t in view.producer} | {t: view.shape(t) for t in view.input_names}
-    orig_layers = linear_layers(original, shapes)
+    unread: dict[str, str] = {}
+    orig_layers = linear_layers(original, shapes, unread)
     sources = _drift_sources(cut)
     changed = _downstream(view, sources)
     mixing = {view.nodes[i].output[0] for i in sources}  # layers whose kept outputs read removed channels
     plan: dict[str, tuple[str, LinearLayer, LinearLayer, np.ndarray]] = {}
+    for y, why in unread.items():  # layers that needed a re-fit but whose weight is not a stored one
+        if y in mixing or (mode == "all" and pm.node_of.get(y) is not None
+                           and pm.node_of[y].input[0] in changed):
+            info["skipped"][y] = why
     for y, layer in orig_layers.items():
         node = pm.node_of.get(y)
-        if node is None or len(node.input) < 2 or node.input[1] not in pm.inits:
+        if node is None or len(node.input) < 2:
             continue
         cut_in = y in mixing
         drifted = layer.x in changed
         if not (cut_in or (mode == "all" and drifted)):
             continue
-        if not pm.writable(node.input[1]):
-            info["notes"].append(f"{y}: weight is shared or not float; left as pruned")
+        why = pm.why_not_writable(node.input[1])
+        if why is not None:
+            info["skipped"][y] = why
             continue
-        w_shape = list(pm.inits[node.input[1]].dims)
+        w_shape = pm.dims(node.input[1])
         player = LinearLayer.from_node(node, w_shape, len(shapes.get(layer.x) or []))
         if player is None:
+            info["skipped"][y] = "its pruned input rank or weight layout is not one the re-fit reads"
             continue
         ax_out = 1 if layer.op == "Conv" else len(shapes.get(y) or [0, 0]) - 1
         kout = kept(y, ax_out)
@@ -221,6 +264,8 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
             action = "lstsq" if cut_in else DRIFTED
         plan[y] = (action, layer, player, kout)
     if not plan:
+        if not info["skipped"]:
+            info["notes"].append("no Conv, Gemm or MatMul reads a removed channel or a changed input")
         return out, info
     if calib is None:
         if mode != "bias" or not estimates:
@@ -229,7 +274,7 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
         return out, info
     def size(y):  # a wave's Gram matrices are held together: split it where they would not fit
         action, _, player, _ = plan[y]
-        return gram_bytes(player, list(pm.inits[pm.node_of[y].input[1]].dims)) if action == "lstsq" else 0
+        return gram_bytes(player, list(player.w_shape)) if action == "lstsq" else 0
 
     waves = [part for wave in _waves(out, set(plan)) for part in by_budget(wave, size)]
     with progress(f"compensation ({mode}): layer by layer", len(waves)) as advance:
@@ -305,13 +350,13 @@ def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float
     for y, (action, layer, player, kout) in plan.items():
         node = pm.node_of[y]
         wname = node.input[1]
-        w = pm.value(wname).astype(np.float64)
-        m = player.wmat(w)  # [G, d, o]
+        w = pm.value(wname)
+        m = player.wmat(w.astype(np.float64))  # [G, d, o]
         n_out = int(kout.sum())
-        bias = _Bias(pm, node, player, n_out, onnx.helper.tensor_dtype_to_np_dtype(pm.inits[wname].data_type))
+        bias = _Bias(pm, node, player, n_out, w.dtype)
         a = acc[y]
         if not bias.ok:
-            info["notes"].append(f"{y}: bias is shared or not a vector; left as pruned")
+            info["skipped"][y] = "its bias is shared, not stored, or not a vector"
             continue
         if action == "bias":
             mean_r = a["rsum"] / a["n"]  # [G, d]
@@ -345,7 +390,7 @@ def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float
         except np.linalg.LinAlgError:
             sol = np.stack([np.linalg.lstsq(reg[i], rhs[i], rcond=None)[0] for i in range(g)])
         if not np.all(np.isfinite(sol)):
-            info["notes"].append(f"{y}: least squares did not converge; left as pruned")
+            info["skipped"][y] = "its least-squares re-fit did not converge"
             continue
         pm.write(wname, player.from_wmat(sol[:, :d, :], w.shape))
         bias.set(sol[:, d, :].reshape(-1))
@@ -366,21 +411,26 @@ def _bias_from_estimates(pm: _Model, plan: dict, estimates: dict, kept, view, in
         st = estimates.get(y)
         kin = kept(layer.x, layer.x_axis)
         w = view.const_value(layer.w)
-        if st is None or kin is None or w is None:
+        if st is None or w is None:
+            info["skipped"][y] = ("no BatchNorm statistics describe its input" if w is not None
+                                  else "its weight is computed at run time, not stored")
             continue
+        if kin is None:
+            continue  # its input lost no channel: nothing removed to compensate
         m = layer.wmat(w.astype(np.float64))  # [G, d, o], original
         g, d, o = m.shape
         k = layer.taps
         cpg = d // k
         if st.mean.size != g * cpg:
+            info["skipped"][y] = "the BatchNorm statistics do not match its input channels"
             continue
         mean = st.mean.reshape(g, cpg) * (~kin).reshape(g, cpg)
         contrib = np.einsum("gc,gcko->go", mean, m.reshape(g, cpg, k, o)).reshape(-1)[kout]
         node = pm.node_of[y]
         wname = node.input[1]
-        bias = _Bias(pm, node, player, int(kout.sum()),
-                     onnx.helper.tensor_dtype_to_np_dtype(pm.inits[wname].data_type))
+        bias = _Bias(pm, node, player, int(kout.sum()), pm.value(wname).dtype)
         if not bias.ok:
+            info["skipped"][y] = "its bias is shared, not stored, or not a vector"
             continue
         bias.set(bias.get() + contrib)
         info["layers"][y] = "bias (BatchNorm estimate)"

@@ -8,6 +8,8 @@ survives byte for byte.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -59,6 +61,102 @@ def _eval_reference(node: onnx.NodeProto, ins: list, opset: int) -> np.ndarray |
         return None
 
 
+# Ops a weight may pass through between where it is stored and the layer that reads it (exporters put
+# Transpose/Reshape/Cast between a stored weight and its MatMul/Conv; QDQ models put DequantizeLinear).
+_WEIGHT_PATH = {"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "DequantizeLinear"}
+
+
+@dataclass
+class StoredWeight:
+    """Where the weight a layer reads as `tensor` is stored: an initializer or a Constant node (`constant_node`),
+    and the ops it passes through on the way (`path`, stored end first). The one place that knows where
+    weights live: calibration, scoring, compensation and the counters all read weights through it."""
+
+    tensor: str
+    stored: str
+    constant_node: onnx.NodeProto | None
+    path: tuple[onnx.NodeProto, ...]
+    initializer: onnx.TensorProto | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return any(n.op_type == "DequantizeLinear" for n in self.path)
+
+    def stored_array(self) -> np.ndarray:
+        if self.initializer is not None:
+            return np.asarray(tensor_array(self.initializer))  # lazy (memory-mapped) weights too
+        return GraphView.const_value_of_constant_node(self.constant_node)
+
+    def stored_dtype(self) -> int:
+        if self.initializer is not None:
+            return self.initializer.data_type
+        for a in self.constant_node.attribute:
+            if a.name == "value":
+                return a.t.data_type
+        return onnx.TensorProto.FLOAT if any(a.name.startswith("value_float") for a in self.constant_node.attribute) \
+            else onnx.TensorProto.INT64
+
+    def values(self, const: Callable[[str], np.ndarray | None]) -> list[np.ndarray]:
+        """The value at each step, stored first, the layer's view last (`const` reads the side inputs:
+        shapes, axes, scales)."""
+        v = self.stored_array()
+        out = [v]
+        for node in self.path:
+            ins = [v] + [const(t) if t else None for t in node.input[1:]]
+            v = _eval_simple(node, ins)
+            out.append(v)
+        return out
+
+    def invert(self, value: np.ndarray, steps: list[np.ndarray]) -> np.ndarray:
+        """The stored tensor that gives `value` where the layer reads it (`steps` from `values`); the path
+        must hold no DequantizeLinear (see `quantized`)."""
+        v = np.asarray(value)
+        for node, before in zip(reversed(self.path), reversed(steps[:-1])):
+            if node.op_type == "Transpose":
+                perm = _attr(node, "perm", None)
+                v = np.transpose(v, np.argsort(perm) if perm is not None else None)
+            elif node.op_type != "Identity" and node.op_type != "Cast":
+                v = v.reshape(before.shape)
+        return v.astype(onnx.helper.tensor_dtype_to_np_dtype(self.stored_dtype()))
+
+    def write(self, stored_value: np.ndarray) -> None:
+        """Replace the stored bytes (same name, same dtype) with `stored_value` (from `invert`)."""
+        t = numpy_helper.from_array(np.ascontiguousarray(stored_value), self.stored)
+        if self.initializer is not None:
+            self.initializer.CopyFrom(t)
+            return
+        for a in list(self.constant_node.attribute):
+            self.constant_node.attribute.remove(a)
+        self.constant_node.attribute.append(onnx.helper.make_attribute("value", t))
+
+
+def find_weight(tensor: str, producer: Callable[[str], onnx.NodeProto | None],
+                initializers: dict[str, onnx.TensorProto]) -> StoredWeight | None:
+    """The stored weight behind `tensor`, seen through the ops in _WEIGHT_PATH whose other inputs are
+    stored constants; None when `tensor` is not such a weight (an activation, a computed value)."""
+    path: list[onnx.NodeProto] = []
+    name = tensor
+    for _ in range(16):
+        if name in initializers:
+            return StoredWeight(tensor, name, None, tuple(reversed(path)), initializers[name])
+        node = producer(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant":
+            if GraphView.const_value_of_constant_node(node) is None:
+                return None
+            return StoredWeight(tensor, name, node, tuple(reversed(path)))
+        if node.op_type not in _WEIGHT_PATH or not node.input:
+            return None
+        for side in node.input[1:]:
+            p = producer(side) if side else None
+            if side and side not in initializers and (p is None or p.op_type != "Constant"):
+                return None
+        path.append(node)
+        name = node.input[0]
+    return None
+
+
 def node_display_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
@@ -86,6 +184,7 @@ class GraphView:
         self.output_names = [o.name for o in self.graph.output]
         self.subgraph_captures = self._subgraph_captures()
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self._weight_inits: dict[str, onnx.TensorProto] | None = None
         self.input_shapes = probe_input_shapes(model, input_shapes or {})
         self._infer_shapes(self.input_shapes)
 
@@ -235,6 +334,15 @@ class GraphView:
             if a.name == "value_ints":
                 return np.array(list(a.ints), dtype=np.int64)
         return None
+
+    def weight(self, name: str) -> StoredWeight | None:
+        """Where the weight read as `name` is stored (StoredWeight), or None when it is not a stored weight."""
+        def producer(t):
+            p = self.producer.get(t)
+            return None if p is None else self.nodes[p]
+        if self._weight_inits is None:
+            self._weight_inits = {k: v for k, v in self.initializers.items() if k not in self.input_names}
+        return find_weight(name, producer, self._weight_inits)
 
     def is_stored_constant(self, name: str) -> bool:
         """True for initializers and Constant-node outputs: tensors whose bytes the rewrite can slice."""
