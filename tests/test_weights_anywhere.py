@@ -157,3 +157,19 @@ def test_quantized_weight_is_named_not_refit():
     comp = r.report.quality["compensation"]
     assert any("quantized" in why for why in comp["skipped"].values())
     assert not r.report.quality["scoring"].get("magnitude_fallback")
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_transformer_constant_nodes_prune_like_initializers(name):
+    """MatMul + Add biases, LayerNorm/RMSNorm scales and attention reshapes, all read from Constant nodes."""
+    from graphprune.core import runtime
+    from models.transformers_zoo import get_transformer_model
+
+    model = onnx.load(str(get_transformer_model(name)))
+    shapes = {k: [48] + list(v[1:]) for k, v in runtime.probe_input_shapes(model, {}).items()}
+    calib = runtime.random_feeds(model, shapes, seed=1)
+    kw = dict(ratio=0.5, calib=calib, calib_samples=32, importance="wanda", compensate="all")
+    a = graphprune.prune(model, **kw)
+    b = graphprune.prune(as_constant_nodes(model), **kw)
+    _compare(a, b, 1e-4)
+    assert len(b.report.quality["compensation"]["layers"]) > 0
