@@ -26,7 +26,7 @@ def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str
     n = len(next(iter(feeds.values())))
     bs = calib.batch if calib is not None and calib.batch else max(1, min(n, 64))
     acc = {k: OutputAgreement(atol, rtol) for k in names}
-    for b in batches(feeds, bs):
+    for b in batches(feeds, bs, calib.constants if calib is not None else None):
         for k, r, p in zip(names, so.run(None, b), sp.run(None, b)):
             acc[k].add(r, p)
     out = {"samples": n, "held_out": held_out, "outputs": {k: a.summary() for k, a in acc.items()}}
