@@ -75,7 +75,8 @@ class Given:
 
 def read(source, specs: dict[str, InputSpec], limit: int) -> tuple[dict[str, Given], str]:
     """The values `source` gives per input name, and a line saying what was read."""
-    what = source if isinstance(source, str) else type(source).__name__
+    what = source if isinstance(source, str) else ("dict of arrays" if isinstance(source, dict) else
+                                                   f"{type(source).__name__} of feed dicts")
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if isinstance(source, str):

@@ -20,7 +20,7 @@ import onnx
 
 from graphprune.core import progress as _progress
 from graphprune.core.runtime import session, with_outputs
-from graphprune.errors import UsageError
+from graphprune.errors import UsageError, first_line
 
 from . import calib_sources
 from .calib_sources import Given, InputSpec
@@ -86,13 +86,18 @@ def load(source, model: onnx.ModelProto, samples: int | None = None, *, images=N
             raise UsageError(f"--calib gives '{next(iter(got))}', the input --calib-images fills")
         given.update(got)
         read.append(what)
-    _check_names(given, specs, images is not None)
-    role, n = _roles(given, specs)
-    constants = {k: _cast(k, given[k].one, specs[k]) for k in specs if role[k] == "constant"}
-    sampled = [k for k in specs if role[k] == "samples"]
-    if read_at_most is not None:
-        n = min(n, read_at_most)
-    out = {k: _cast(k, given[k].stacked[:n], specs[k]) for k in sampled}
+    try:
+        _check_names(given, specs, images is not None)
+        role, n = _roles(given, specs)
+        constants = {k: _cast(k, given[k].one, specs[k]) for k in specs if role[k] == "constant"}
+        sampled = [k for k in specs if role[k] == "samples"]
+        if read_at_most is not None:
+            n = min(n, read_at_most)
+        out = {k: _cast(k, given[k].stacked[:n], specs[k]) for k in sampled}
+    except UsageError as exc:  # say which source did not fit, as the command line wrote it
+        where = " with ".join(([f"--calib {source}"] if isinstance(source, str) else [])
+                              + ([f"--calib-images {images}"] if images is not None else []))
+        raise UsageError(f"{where}: {exc}" if where else str(exc)) from None
     fixed_batch = next((specs[k].dims[0] for k in sampled if specs[k].dims and specs[k].dims[0] is not None), None)
     if n == 0:
         raise UsageError("calibration data has no samples")
@@ -135,7 +140,8 @@ def _roles(given: dict[str, Given], specs: dict[str, InputSpec]) -> tuple[dict[s
     """Per input: 'samples' (stacked on axis 0) or 'constant' (fed unchanged to every batch), and the number
     of samples. A value in the exact shape of one feed is a constant when it cannot be the stack of the
     samples: a 0-d input, or a leading size other than the sample count. The count comes from the inputs
-    that can only be samples, else from those with a dynamic axis 0, else from the first input."""
+    that can only be samples, else from those with a dynamic axis 0 (where one has a leading 1 and others
+    more, that one is a single feed), else from the first input."""
     role = {}
     for name, spec in specs.items():
         g, dims = given[name], spec.dims
@@ -155,6 +161,9 @@ def _roles(given: dict[str, Given], specs: dict[str, InputSpec]) -> tuple[dict[s
         either = [k for k, r in role.items() if r == "either"]
         free = [k for k in either if specs[k].dims is None or specs[k].dims[0] is None]
         counts = {k: len(given[k].stacked) for k in (free or either[:1])}
+        if len(set(counts.values())) > 1:  # one feed of a free-batch input (a state [1, ...]) next to samples
+            most = max(counts.values())
+            counts = {k: v for k, v in counts.items() if v != 1 or most == 1}
     if not counts:
         raise UsageError("calibration data has no per-sample input: every input is fed unchanged to every batch "
                          f"({', '.join(specs)}); give the samples of at least one on axis 0")
@@ -190,7 +199,7 @@ def _shape_message(spec: InputSpec, g: Given) -> str:
     ax = next(i for i in range(1, len(dims)) if dims[i] is not None and a.shape[i] != dims[i])
     where = f"dim {ax}" if not g.feeds or rank == len(dims) else f"dim {ax - 1}"
     return (f"calibration input '{name}' has shape {g.shown}: {where} is {a.shape[ax]}, the model expects "
-            f"{dims[ax]} ({spec.shown}, samples on axis 0)")
+            f"{dims[ax]} ({spec.shown}; samples on axis 0, or one value of that shape for every batch)")
 
 
 def _cast(name: str, a: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -202,7 +211,7 @@ def _cast(name: str, a: np.ndarray, spec: InputSpec) -> np.ndarray:
                          f"given {a.dtype} {list(a.shape)})")
     if kind == "f" and not np.all(np.isfinite(a)):
         raise UsageError(f"calibration input '{name}' contains NaN or infinite values")
-    return np.ascontiguousarray(a.astype(want, copy=False))
+    return a.astype(want, order="C", copy=False)  # (np.ascontiguousarray would make a 0-d array 1-d)
 
 
 def batches(data: dict[str, np.ndarray], size: int, constants: dict[str, np.ndarray] | None = None):
@@ -238,7 +247,8 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def batches_agree(batched: onnx.ModelProto, single: onnx.ModelProto, calib: Calibration) -> bool:
     """`batched` run on two calibration samples at once gives what `single` gives on each alone (with the
-    constant inputs as they are): then calibration may run batches of many samples."""
+    constant inputs as they are): then calibration may run batches of many samples. A model that does not
+    run on one sample of the data is a UsageError naming the inputs fed unchanged."""
     two = {}
     for k, v in calib.train.items():
         v = v[:2]
@@ -247,14 +257,22 @@ def batches_agree(batched: onnx.ModelProto, single: onnx.ModelProto, calib: Cali
         two[k] = v
     try:
         one = session(single)
+    except Exception:  # noqa: BLE001 - the runner that needs it reports a model ONNX Runtime cannot load
+        return False
+    try:
         refs = [one.run(None, {**{k: v[i:i + 1] for k, v in two.items()}, **calib.constants}) for i in range(2)]
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's many kinds
+        fed = ", ".join(f"{k} {list(v.shape)}" for k, v in calib.constants.items())
+        raise UsageError("the model does not run on one calibration sample" + (f" with {fed} fed unchanged" if fed
+                         else "") + f": {first_line(exc)}") from None
+    try:
         got = (one if batched is single else session(batched)).run(None, {**two, **calib.constants})
-        for r1, r2, g in zip(refs[0], refs[1], got):
-            if g.shape != (2,) + r1.shape[1:] or r1.shape[:1] != (1,) or not (
-                    np.allclose(g[:1], r1, rtol=1e-4, atol=1e-5) and np.allclose(g[1:], r2, rtol=1e-4, atol=1e-5)):
-                return False
     except Exception:  # noqa: BLE001 - a batch-dependent graph: keep batches of one
         return False
+    for r1, r2, g in zip(refs[0], refs[1], got):
+        if g.shape != (2,) + r1.shape[1:] or r1.shape[:1] != (1,) or not (
+                np.allclose(g[:1], r1, rtol=1e-4, atol=1e-5) and np.allclose(g[1:], r2, rtol=1e-4, atol=1e-5)):
+            return False
     return True
 
 

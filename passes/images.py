@@ -71,8 +71,8 @@ def parse_preprocess(spec: str | None) -> Preprocess:
             if key in values:
                 raise _bad(spec, f"{key} is given twice")
             values[key] = [value]
-        elif key in ("mean", "std") and _is_number(item):
-            values[key].append(item)
+        elif key in ("mean", "std") and item.lower() not in _FLAGS:
+            values[key].append(item)  # the next channel's value (checked to be a number below)
         elif item.lower() in _FLAGS:
             flags.append(item.lower())
             key = None
@@ -100,14 +100,6 @@ def parse_preprocess(spec: str | None) -> Preprocess:
             raise _bad(spec, f"layout must be NCHW or NHWC, got '{values['layout'][0]}'")
         out["layout"] = layout
     return Preprocess(**out)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text.split("/")[0])
-        return True
-    except ValueError:
-        return False
 
 
 def _size(spec: str, text: str) -> tuple[int, int]:
