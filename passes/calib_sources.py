@@ -12,7 +12,6 @@ generator or a huge folder costs only what calibration uses.
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import os
 import sys
 from collections.abc import Iterable
@@ -208,13 +207,16 @@ def _from_python(data, specs: dict[str, InputSpec], limit: int, where: str) -> d
     if isinstance(data, (str, bytes, np.ndarray)) or not isinstance(data, Iterable):
         raise UsageError(f"{where} must be an .npz path, a folder, a loader.py[:function], a dict of arrays or "
                          f"an iterable of feed dicts, got {type(data).__name__}")
-    feeds = []
+    feeds, seen = [], 0
     try:
-        for feed in itertools.islice(data, limit):
+        for feed in data:
             if not isinstance(feed, dict):
                 raise UsageError(f"{where}: the data must yield feed dicts ({{input name: array}}), got "
                                  f"{type(feed).__name__}")
             feeds.append(feed)
+            seen += _samples_at_least(feed, specs)
+            if seen >= limit:
+                break
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - a generator's own error
@@ -222,6 +224,18 @@ def _from_python(data, specs: dict[str, InputSpec], limit: int, where: str) -> d
     if not feeds:
         raise UsageError(f"{where}: the data yields no feed dicts")
     return _feeds(feeds, specs, where)
+
+
+def _samples_at_least(feed: dict, specs: dict[str, InputSpec]) -> int:
+    """A lower bound of the samples in one feed: the least over its inputs of 1 (given without the batch axis)
+    or the leading size (an input fed unchanged may have any leading size). Reading stops once `limit`
+    samples are certainly in, never before."""
+    counts = []
+    for k, v in feed.items():
+        spec, shape = specs.get(k), np.shape(v)
+        if spec is not None and spec.dims:
+            counts.append(shape[0] if len(shape) == len(spec.dims) else 1)
+    return max(1, min(counts, default=1))
 
 
 def _array(where: str, name: str, value) -> np.ndarray:

@@ -164,10 +164,13 @@ def read_images(folder, pre: Preprocess, name: str, dims: list | None, shown: st
     files = image_files(path)
     if not files:
         raise UsageError(f"--calib-images {folder}: no images in it ({', '.join(IMAGE_SUFFIXES)})")
-    mean = np.asarray(pre.mean, np.float32)
-    std = np.asarray(pre.std, np.float32)
-    out = []
-    for f in files[:limit]:
+    total = len(files)
+    files = files[:limit]
+    # (pixel * scale - mean) / std as one multiply-add per value, written straight into the samples array
+    gain = np.float32(pre.scale) / np.asarray(pre.std, np.float32)
+    shift = np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)
+    out = np.empty((len(files), channels, h, w) if layout == "NCHW" else (len(files), h, w, channels), np.float32)
+    for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
                 im = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.Resampling.BILINEAR)
@@ -175,14 +178,14 @@ def read_images(folder, pre: Preprocess, name: str, dims: list | None, shown: st
         except Exception as exc:  # noqa: BLE001 - Pillow's many kinds: the user's file to fix
             raise UsageError(f"--calib-images {folder}: cannot read {f.relative_to(path).as_posix()} as an image "
                              f"({type(exc).__name__}: {first_line(exc)})") from None
-        a = a[..., None] if a.ndim == 2 else a
+        a = a.reshape(h, w, channels)
         if pre.order == "bgr" and channels == 3:
             a = a[..., ::-1]
-        a = (a * np.float32(pre.scale) - mean) / std
-        out.append(np.moveaxis(a, -1, 0) if layout == "NCHW" else a)
-    what = (f"{len(out)} images of {len(files)} in {folder} ({w}x{h}, {layout}, "
+        a = a * gain - shift
+        out[i] = np.moveaxis(a, -1, 0) if layout == "NCHW" else a
+    what = (f"{len(out)} images of {total} in {folder} ({w}x{h}, {layout}, "
             f"{'gray' if channels == 1 else pre.order})")
-    return np.ascontiguousarray(np.stack(out)), what
+    return out, what
 
 
 __all__ = ["IMAGE_SUFFIXES", "Preprocess", "geometry", "image_files", "parse_preprocess", "read_images"]

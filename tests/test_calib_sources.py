@@ -279,6 +279,18 @@ def test_images_prune_end_to_end_through_the_cli(tmp_path):
     assert report["options"]["calib_images"] == str(tmp_path / "imgs")
 
 
+def test_unreadable_image_and_input_given_twice(tmp_path):
+    _images(tmp_path / "imgs", n=2)
+    (tmp_path / "imgs" / "dogs" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UsageError) as exc:
+        calibration.load(None, small_cnn(), images=str(tmp_path / "imgs"))
+    assert "cannot read dogs/broken.jpg as an image (UnidentifiedImageError" in _one_line(exc)
+    (tmp_path / "imgs" / "dogs" / "broken.jpg").unlink()
+    with pytest.raises(UsageError) as exc:
+        calibration.load({"x": samples(2)}, small_cnn(), images=str(tmp_path / "imgs"))
+    assert "--calib gives 'x', the input --calib-images fills" in _one_line(exc)
+
+
 def test_images_need_pillow(tmp_path, monkeypatch):
     import sys
 
@@ -445,3 +457,16 @@ def test_analyze_reads_the_same_sources(tmp_path, capsys):
     assert rc == 0 and json.loads(capsys.readouterr().out)["sensitivity"]
     rc, err = _cli(["analyze", tmp_path / "m.onnx", "--calib", tmp_path / "missing"])
     assert rc == 2 and "no such file or folder" in err and err.count("\n") == 1
+
+
+def test_a_stream_of_batches_is_read_only_as_far_as_needed():
+    pulled = []
+
+    def stream():
+        for i in range(100):
+            pulled.append(i)
+            yield {"x": samples(32, seed=i), "sr": np.float32(1.0)}  # batches of 32 with a scalar
+
+    cal = calibration.load(stream(), scalar_model(), samples=64)
+    assert (cal.n_train, cal.n_held_out) == (64, calibration.HELD_OUT_MAX)
+    assert len(pulled) == (64 + calibration.HELD_OUT_MAX) // 32  # 10 batches, not 100
