@@ -43,8 +43,8 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output path (default: MODEL.pruned.onnx next to the input)")
     p.add_argument("--report", metavar="PATH", help="write the report as JSON")
     add_options(p, PruneOptions, ["round_to", "head_ratio", "mlp_ratio", "max_ratio", "importance", "reduction",
-                                  "normalize", "global_pruning", "target", "min_keep", "calib", "calib_samples",
-                                  "compensate", "ridge", "atol", "rtol", "seed"])
+                                  "normalize", "global_pruning", "target", "min_keep", "calib", "calib_images",
+                                  "preprocess", "calib_samples", "compensate", "ridge", "atol", "rtol", "seed"])
     p.add_argument("--save-plan", metavar="PATH", help="write the plan (which channels were cut) as JSON")
     p.add_argument("--plan", metavar="PATH", help="apply a saved plan instead of scoring")
     p.add_argument("--dry-run", action="store_true",
@@ -243,12 +243,12 @@ def _analyze(args) -> int:
     else:
         a = analyze(args.model, aopts)
     sens = None
-    if args.calib:
+    if aopts.calib is not None or aopts.calib_images is not None:
         from .html_report import read_calibration, sensitivity
 
-        feeds = read_calibration(args.calib, a.view.model)
+        calib = read_calibration(aopts.calib, a.view.model, aopts.calib_images, aopts.preprocess)
         with progress.step("sensitivity: one group at a time"):
-            sens = sensitivity(a, feeds)
+            sens = sensitivity(a, calib)
     if args.html:
         from .html_report import write_html
 

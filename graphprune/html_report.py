@@ -70,77 +70,35 @@ SENSITIVITY_GROUPS = 12  # the largest prunable groups get a curve
 CALIB_SAMPLES = 32
 
 
-def read_calibration(path, model) -> dict:
-    """`--calib NPZ` for the sensitivity curves: arrays keyed by graph input name, samples on axis 0; the
-    first CALIB_SAMPLES are used. Anything that does not fit the model's inputs is a UsageError."""
-    import onnx
+def read_calibration(source, model, images=None, preprocess=None):
+    """`--calib SOURCE` (any form passes/calib_sources.py reads) and/or `--calib-images DIR` for the
+    sensitivity curves: the first CALIB_SAMPLES samples, as a Calibration (inputs fed unchanged to every batch
+    kept apart). Anything that does not fit the model's inputs is a UsageError."""
+    from .passes import calibration
 
-    from .errors import UsageError
-
-    try:
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise UsageError(f"--calib {path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - zip, pickle and format errors
-        raise UsageError(f"--calib {path}: not a readable .npz archive ({type(exc).__name__})") from None
-    inits = {t.name for t in model.graph.initializer}
-    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
-    feeds = {}
-    for name, vi in inputs.items():
-        if name not in arrays:
-            raise UsageError(f"--calib {path}: no array for graph input '{name}' (given: "
-                             f"{', '.join(sorted(arrays)) or 'nothing'})")
-        a = arrays[name]
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-        if a.ndim != len(dims) or any(d is not None and d != n for d, n in zip(dims[1:], a.shape[1:])):
-            raise UsageError(f"--calib {path}: '{name}' has shape {list(a.shape)}, the model expects "
-                             f"{['?' if d is None else d for d in dims]} (samples on axis 0)")
-        want = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        if a.dtype.kind not in "fiub" or (np.dtype(want).kind == "f") != (a.dtype.kind == "f"):
-            raise UsageError(f"--calib {path}: '{name}' is {a.dtype}, the model expects {np.dtype(want)}")
-        if len(a) == 0:
-            raise UsageError(f"--calib {path}: '{name}' has no samples")
-        feeds[name] = a[:CALIB_SAMPLES].astype(want)
-    extra = sorted(set(arrays) - set(inputs))
-    if extra:
-        raise UsageError(f"--calib {path}: '{extra[0]}' is not a graph input (inputs: {', '.join(inputs)})")
-    if len({len(v) for v in feeds.values()}) > 1:
-        raise UsageError(f"--calib {path}: the inputs have different sample counts")
-    return feeds
+    calib = calibration.load(source, model, images=images, preprocess=preprocess, read_at_most=CALIB_SAMPLES)
+    return calibration.prepare(calib, model)
 
 
-def _batches(model, feeds: dict):
-    """Feeds in batches the model accepts (its batch size where axis 0 is fixed)."""
-    inits = {t.name for t in model.graph.initializer}
-    fixed = [vi.type.tensor_type.shape.dim[0].dim_value for vi in model.graph.input
-             if vi.name not in inits and vi.type.tensor_type.shape.dim
-             and vi.type.tensor_type.shape.dim[0].HasField("dim_value")]
-    n = len(next(iter(feeds.values())))
-    step = fixed[0] if fixed and fixed[0] > 0 else n
-    for i in range(0, n - n % step if step <= n else 0, step):
-        yield {k: v[i:i + step] for k, v in feeds.items()}
-
-
-def sensitivity(analysis, feeds: dict, ratios=SENSITIVITY_RATIOS, max_groups=SENSITIVITY_GROUPS) -> list[dict]:
+def sensitivity(analysis, calib, ratios=SENSITIVITY_RATIOS, max_groups=SENSITIVITY_GROUPS) -> list[dict]:
     """Per group: the outputs' relative error and cosine against the original when only that group loses
-    the fraction r of its channels (lowest L2 magnitude first), on the given samples. Computed on the
-    oracle's masked model, which equals the pruned one (the tests prove it), so nothing is rewritten."""
-    from graphprune.passes import scoring
+    the fraction r of its channels (lowest L2 magnitude first), on the given samples (a Calibration from
+    read_calibration, or a dict of arrays keyed by input name, samples on axis 0). Computed on the oracle's
+    masked model, which equals the pruned one (the tests prove it), so nothing is rewritten."""
+    from graphprune.passes import calibration, scoring
 
-    from .core.runtime import session
     from .passes.oracle import masked_model
 
     model = analysis.view.model
-    batches = list(_batches(model, feeds))
-    if not batches:
-        return []
+    if isinstance(calib, dict):
+        calib = calibration.prepare(calibration.load(calib, model, read_at_most=CALIB_SAMPLES), model)
+    batches = list(calibration.batches(calib.train, calib.batch or calib.n_train, calib.constants))
 
     def outputs(m):
         from .errors import ModelError, first_line
 
         try:
-            sess = session(m)
+            sess = calibration.session_for(m, calib)
             runs = [sess.run(None, b) for b in batches]
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's many kinds
             raise ModelError(f"sensitivity curves need ONNX Runtime to run the model: {first_line(exc, 1000)}") from None

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import OptionError, UsageError
 from .passes.choices import IMPORTANCES, METRICS, MODES, NORMALIZATIONS, REDUCTIONS, TARGETS
+from .passes.images import parse_preprocess
 
 _CLI = "cli"  # the metadata key of a field's Option
 
@@ -95,6 +96,38 @@ def _seed():
     return option(0, type=int, help="seed for random scores and synthetic inputs")
 
 
+# Calibration sources (passes/calib_sources.py, passes/images.py).
+CALIB_FORMS = ("an .npz of arrays keyed by input name (samples on axis 0), a folder of .npz/.npy files (one "
+               "sample each, sorted by name), or a data loader loader.py[:function] (default load_data) returning "
+               "feed dicts; an input given in its exact shape (a scalar, a state) is fed unchanged to every batch")
+
+
+def _calib_images():
+    return option(None, metavar="DIR", help="calibration images (subfolders included) for the model's image "
+                  "input, read with Pillow and shaped by --preprocess; the model's other inputs come from --calib")
+
+
+def _preprocess():
+    return option(None, metavar="SPEC", help="how --calib-images become the input: size=WxH (default: the "
+                  "model's), scale=1/255, mean=R,G,B, std=R,G,B, layout=NCHW|NHWC (default: from the model), "
+                  "rgb (default) or bgr, e.g. \"size=320x320,scale=1/255,mean=0.5,0.5,0.5,std=0.5,0.5,0.5\"")
+
+
+def _check_calib_sources(options) -> None:
+    """calib as a path (or, from Python, data), calib_images a folder, preprocess only with calib_images
+    (its spec parsed here, so a bad one fails before the model is read)."""
+    for name in ("calib", "calib_images"):
+        if isinstance(getattr(options, name), os.PathLike):
+            setattr(options, name, os.fspath(getattr(options, name)))
+    if options.calib_images is not None and not isinstance(options.calib_images, str):
+        raise OptionError("{calib_images} must be a path to a folder of images, got {value}",
+                          value=type(options.calib_images).__name__)
+    if options.preprocess is not None:
+        if options.calib_images is None:
+            raise OptionError("{preprocess} applies to {calib_images}")
+        parse_preprocess(options.preprocess)
+
+
 @dataclass
 class PruneOptions:
     ratio: float = option(0.5, type=float, help="fraction of the channels of every group to remove")
@@ -118,9 +151,11 @@ class PruneOptions:
     prune_head_dim: bool = _prune_head_dim()
     prune_hidden: bool = _prune_hidden()
     # Post-training quality (passes/calibration.py, scoring.py, allocation.py, compensation.py).
-    # calib: .npz path (the CLI's only form), dict of arrays keyed by input name, or an iterable of feed dicts
-    calib: object = option(None, metavar="NPZ",
-                           help="calibration samples: .npz of arrays keyed by input name, samples on axis 0")
+    # calib: a path (.npz, folder, loader.py[:function]) or, from Python, a dict of arrays keyed by input name, an
+    # iterable of feed dicts or a function returning either
+    calib: object = option(None, metavar="SOURCE", help="calibration samples: " + CALIB_FORMS)
+    calib_images: str | None = _calib_images()
+    preprocess: str | None = _preprocess()
     calib_samples: int | None = option(None, type=int, metavar="N",
                                        help="calibration samples to use (default 256; the rest, up to 256, are "
                                        "held out)")
@@ -191,8 +226,8 @@ class PruneOptions:
             raise OptionError("{min_keep} must be a positive integer, got {value}", value=self.min_keep)
         if self.calib_samples is not None and self.calib_samples < 1:
             raise OptionError("{calib_samples} must be a positive integer, got {value}", value=self.calib_samples)
-        if self.calib_samples is not None and self.calib is None:
-            raise OptionError("{calib_samples} needs calibration data ({calib})")
+        if self.calib_samples is not None and self.calib is None and self.calib_images is None:
+            raise OptionError("{calib_samples} needs calibration data ({calib} or {calib_images})")
         for name in ("ridge", "atol", "rtol"):
             v = getattr(self, name)
             if v is not None and v < 0:
@@ -201,8 +236,7 @@ class PruneOptions:
             raise OptionError("{head_ratio}/{mlp_ratio} only apply with {target:channels}")
         if self.global_pruning and (self.head_ratio is not None or self.mlp_ratio is not None):
             raise OptionError("{head_ratio}/{mlp_ratio} only apply to uniform allocation (not {global_pruning:True})")
-        if isinstance(self.calib, os.PathLike):
-            self.calib = os.fspath(self.calib)
+        _check_calib_sources(self)
 
     def ratio_for(self, kind: str) -> float:
         """The ratio a group of this kind gets: --head-ratio / --mlp-ratio where given, else --ratio."""
@@ -243,9 +277,10 @@ class AnalyzeOptions:
                                  "cut); no model is written")
     importance: str | None = option(None, choices=IMPORTANCES, help="scores for the plan (see `graphprune --help`)")
     seed: int = _seed()
-    calib: str | None = option(None, metavar="NPZ",
-                               help="calibration samples (.npz keyed by input name, samples on axis 0): adds "
-                               "per-group sensitivity curves (output error vs ratio)")
+    calib: str | None = option(None, metavar="SOURCE", help="calibration samples for per-group sensitivity "
+                               "curves (output error vs ratio; the first 32 samples): " + CALIB_FORMS)
+    calib_images: str | None = _calib_images()
+    preprocess: str | None = _preprocess()
     debug: bool = option(False, flags=("--debug",), help="show tracebacks")
 
     def check(self) -> AnalyzeOptions:
@@ -262,10 +297,10 @@ class AnalyzeOptions:
         _fraction("ratio", self.ratio)
         if self.importance is not None:
             _one_of(self, "importance")
-        if isinstance(self.calib, os.PathLike):
-            self.calib = os.fspath(self.calib)
+        _check_calib_sources(self)
         if self.calib is not None and not isinstance(self.calib, str):
-            raise OptionError("{calib} must be a path to an .npz file, got {value}", value=type(self.calib).__name__)
+            raise OptionError("{calib} must be a path (.npz, a folder, loader.py[:function]), got {value}",
+                              value=type(self.calib).__name__)
         return self
 
     def plan_options(self) -> PruneOptions | None:

@@ -121,7 +121,9 @@ def _analyze(s: PruneState) -> StageResult:
 
 
 def _calibration(s: PruneState) -> StageResult:
-    calib = calibration.prepare(calibration.load(s.options.calib, s.model, s.options.calib_samples), s.model)
+    o = s.options
+    calib = calibration.load(o.calib, s.model, o.calib_samples, images=o.calib_images, preprocess=o.preprocess)
+    calib = calibration.prepare(calib, s.model)
     return StageResult(calib, calib.describe())
 
 
@@ -339,7 +341,8 @@ ANALYZE_STAGES = (
 )
 
 PRUNE_STAGES = ANALYZE_STAGES + (
-    Stage("calibration", _calibration, ("calib",), ("model",), when=lambda s: s.options.calib is not None,
+    Stage("calibration", _calibration, ("calib",), ("model",),
+          when=lambda s: s.options.calib is not None or s.options.calib_images is not None,
           doc="read calibration samples, split off held-out ones"),
     Stage("statistics", _statistics, ("statistics",), ("analysis",), when=_needs_statistics,
           doc="calibration statistics or BatchNorm estimates of each consumer's input"),

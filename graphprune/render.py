@@ -162,7 +162,9 @@ def print_quality(rep, console: Console) -> None:
     parts = []
     if q.get("calibration"):
         c = q["calibration"]
-        parts.append(f"calibration: {c['samples']} samples ({c['held_out']} held out)")
+        fed = f"; fed unchanged: {', '.join(c['constants'])}" if c.get("constants") else ""
+        one = ", sample by sample" if c.get("batch") == 1 else ""
+        parts.append(f"calibration: {c['samples']} samples ({c['held_out']} held out{one}{fed})")
     if q.get("scoring"):
         s = q["scoring"]
         stat = f" from {s['statistics']}" if s.get("statistics") else ""

@@ -1,19 +1,20 @@
 """Calibration pass: read calibration samples and accumulate what linear layers see, with ONNX Runtime.
 
-Requires a model and calibration samples: an ``.npz`` path or a dict of arrays keyed by graph input name
-(samples on axis 0), or an iterable of feed dicts (one batch each). Ensures, per linear layer (Conv, Gemm or
-MatMul with a constant weight): per-channel sums, sums of squares and zero counts of its data input, and,
-when asked, the Gram matrix of the rows the layer multiplies by its weight (the unfolded patches of a
-convolution). The model runs batch by batch (a copy with the tensors as extra outputs) and only these sums
-are kept, so memory is bounded by the batch and the Gram sizes, never by the number of samples.
+Requires a model and calibration data in any form passes/calib_sources.py reads (an `.npz`, a folder of
+`.npz`/`.npy` samples, a `loader.py[:function]` data loader, a folder of images, or from Python a dict of arrays
+or an iterable of feed dicts). `load` matches it to the graph inputs: per-sample inputs are stacked on axis 0,
+and an input given in the exact shape of one feed that cannot be a stack of the samples (a 0-d sample rate, an
+initial recurrent state) is fed unchanged to every batch (`Calibration.constants`). Ensures, per linear layer
+(Conv, Gemm or MatMul with a constant weight): per-channel sums, sums of squares and zero counts of its data
+input, and, when asked, the Gram matrix of the rows the layer multiplies by its weight (the unfolded patches
+of a convolution). The model runs batch by batch (a copy with the tensors as extra outputs) and only these
+sums are kept, so memory is bounded by the batch and the Gram sizes, never by the number of samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -21,8 +22,11 @@ import onnx
 from graphprune.core import progress as _progress
 from graphprune.core.graph import GraphView, find_weight
 from graphprune.core.io import tensor_array
-from graphprune.core.runtime import session, synthetic_inputs, with_outputs
-from graphprune.errors import UsageError
+from graphprune.core.runtime import session, with_outputs
+from graphprune.errors import UsageError, first_line
+
+from . import calib_sources
+from .calib_sources import Given, InputSpec
 
 DEFAULT_SAMPLES = 256  # calibration samples used when --calib-samples is not given
 HELD_OUT_MAX = 256  # samples beyond the calibration ones kept aside for the fidelity report
@@ -35,12 +39,15 @@ GRAM_BUDGET = 1 << 30  # bytes of Gram matrices held at once (more layers: more 
 # ---- calibration data ------------------------------------------------------------------------------
 @dataclass
 class Calibration:
-    """Calibration samples split into the ones statistics are taken on and the held-out ones."""
+    """Calibration samples split into the ones statistics are taken on and the held-out ones, and the
+    inputs fed unchanged to every batch (a scalar such as a sample rate, an initial recurrent state)."""
 
     train: dict[str, np.ndarray]
     held_out: dict[str, np.ndarray] | None
-    batch: int | None = None  # fixed batch size when the model's axis 0 is static
+    batch: int | None = None  # fixed batch size: the model's static axis 0, or 1 (sample by sample)
     rebatch: bool = False  # the model is fixed to a batch of 1 but runs batched with a free batch axis
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # fed as they are with every batch
+    source: str = ""  # what was read, for the report
 
     @property
     def n_train(self) -> int:
@@ -51,121 +58,55 @@ class Calibration:
         return len(next(iter(self.held_out.values()))) if self.held_out else 0
 
     def describe(self) -> dict:
-        return {"samples": self.n_train, "held_out": self.n_held_out,
-                "inputs": {k: list(v.shape[1:]) for k, v in self.train.items()}}
+        d = {"samples": self.n_train, "held_out": self.n_held_out,
+             "inputs": {k: list(v.shape[1:]) for k, v in self.train.items()}}
+        if self.constants:
+            d["constants"] = {k: list(v.shape) for k, v in self.constants.items()}
+        if self.batch:
+            d["batch"] = self.batch
+        if self.source:
+            d["source"] = self.source
+        return d
 
 
-def _input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list]]:
-    inits = {t.name for t in model.graph.initializer}
-    specs = {}
-    for vi in model.graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
-            continue
-        tt = vi.type.tensor_type
-        dims = None
-        if tt.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
-        specs[vi.name] = (onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type), dims)
-    return specs
-
-
-def _read(source) -> dict[str, np.ndarray] | list:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise UsageError(f"--calib {path}: no such file")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if not hasattr(z, "files"):
-                    raise UsageError(f"--calib {path}: not an .npz archive (save it with numpy.savez)")
-                return {k: z[k] for k in z.files}
-        except UsageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise UsageError(f"--calib {path}: not a readable .npz archive ({type(exc).__name__})") from None
-    if isinstance(source, dict):
-        return dict(source)
+def load(source, model: onnx.ModelProto, samples: int | None = None, *, images=None, preprocess: str | None = None,
+         read_at_most: int | None = None) -> Calibration:
+    """Read calibration data (`source`, and/or `images` with a `preprocess` spec for the model's image input)
+    and check it against the model's graph inputs (names, shapes, dtypes); `samples` of them are used for
+    statistics, up to HELD_OUT_MAX more are held out. `read_at_most` caps the samples read and used."""
+    if samples is not None and samples < 1:
+        raise UsageError(f"--calib-samples must be a positive integer, got {samples}")
+    specs = calib_sources.input_specs(model)
+    limit = read_at_most or (samples or DEFAULT_SAMPLES) + HELD_OUT_MAX
+    given, read = {}, []
+    if source is not None:
+        got, what = calib_sources.read(source, specs, limit)
+        given.update(got)
+        read.append(what)
+    if images is not None:
+        got, what = calib_sources.from_images(images, preprocess, specs, limit)
+        if set(got) & set(given):
+            raise UsageError(f"--calib gives '{next(iter(got))}', the input --calib-images fills")
+        given.update(got)
+        read.append(what)
     try:
-        batches = list(source)
-    except TypeError:
-        raise UsageError("calib must be an .npz path, a dict of arrays or an iterable of feed dicts, "
-                         f"got {type(source).__name__}") from None
-    if not batches or not all(isinstance(b, dict) for b in batches):
-        raise UsageError("calib as an iterable must yield feed dicts ({input name: array}), "
-                         "at least one")
-    return batches
-
-
-def _as_array(name: str, value) -> np.ndarray:
-    try:
-        return np.asarray(value)
-    except Exception:  # noqa: BLE001
-        raise UsageError(f"calibration input '{name}' is not an array") from None
-
-
-def load(source, model: onnx.ModelProto, samples: int | None = None) -> Calibration:
-    """Read and check calibration data against the model's graph inputs (names, ranks, static dims,
-    dtypes); `samples` of them are used for statistics, up to HELD_OUT_MAX more are held out."""
-    specs = _input_specs(model)
-    raw = _read(source)
-    if isinstance(raw, list):
-        keys = set(raw[0])
-        for b in raw[1:]:
-            if set(b) != keys:
-                raise UsageError("calibration feed dicts name different inputs "
-                                 f"({', '.join(sorted(keys))} vs {', '.join(sorted(b))})")
-        arrays = {}
-        for k in keys:
-            parts = []
-            for b in raw:
-                a = _as_array(k, b[k])
-                spec = specs.get(k)
-                if spec is not None and spec[1] is not None and a.ndim == len(spec[1]) - 1:
-                    a = a[None]  # one sample without its batch axis
-                parts.append(a)
-            if len({p.ndim for p in parts}) != 1 or len({p.shape[1:] for p in parts}) != 1:
-                raise UsageError(f"calibration feeds of input '{k}' have different shapes")
-            arrays[k] = np.concatenate(parts, axis=0)
-    else:
-        arrays = {k: _as_array(k, v) for k, v in raw.items()}
-    missing = [n for n in specs if n not in arrays]
-    if missing:
-        raise UsageError(f"calibration data has no array for graph input '{missing[0]}' "
-                         f"(given: {', '.join(sorted(arrays)) or 'nothing'})")
-    extra = [k for k in arrays if k not in specs]
-    if extra:
-        raise UsageError(f"calibration array '{extra[0]}' is not a graph input "
-                         f"(inputs: {', '.join(specs)})")
-    counts = set()
-    fixed_batch = None
-    out = {}
-    for name, (dtype, dims) in specs.items():
-        a = arrays[name]
-        if a.ndim == 0:
-            raise UsageError(f"calibration input '{name}' is a scalar; samples go on axis 0")
-        if dims is not None:
-            if a.ndim != len(dims):
-                raise UsageError(f"calibration input '{name}' has rank {a.ndim}, the model expects "
-                                 f"rank {len(dims)} (samples on axis 0)")
-            for ax in range(1, len(dims)):
-                if dims[ax] is not None and a.shape[ax] != dims[ax]:
-                    raise UsageError(f"calibration input '{name}' has shape {list(a.shape)}: dim {ax} "
-                                     f"is {a.shape[ax]}, the model expects {dims[ax]}")
-            if dims and dims[0] is not None:
-                fixed_batch = dims[0]
-        out[name] = _cast(name, a, dtype)
-        counts.add(a.shape[0])
-    if len(counts) > 1:
-        raise UsageError(f"calibration inputs have different sample counts ({', '.join(map(str, sorted(counts)))})")
-    n = counts.pop()
+        _check_names(given, specs, images is not None)
+        role, n = _roles(given, specs)
+        constants = {k: _cast(k, given[k].one, specs[k]) for k in specs if role[k] == "constant"}
+        sampled = [k for k in specs if role[k] == "samples"]
+        if read_at_most is not None:
+            n = min(n, read_at_most)
+        out = {k: _cast(k, given[k].stacked[:n], specs[k]) for k in sampled}
+    except UsageError as exc:  # say which source did not fit, as the command line wrote it
+        where = " with ".join(([f"--calib {source}"] if isinstance(source, str) else [])
+                              + ([f"--calib-images {images}"] if images is not None else []))
+        raise UsageError(f"{where}: {exc}" if where else str(exc)) from None
+    fixed_batch = next((specs[k].dims[0] for k in sampled if specs[k].dims and specs[k].dims[0] is not None), None)
     if n == 0:
         raise UsageError("calibration data has no samples")
-    if samples is not None:
-        if samples < 1:
-            raise UsageError(f"--calib-samples must be a positive integer, got {samples}")
-        if samples > n:
-            raise UsageError(f"--calib-samples {samples} asks for more samples than the calibration "
-                             f"data has ({n})")
+    if samples is not None and samples > n:
+        raise UsageError(f"--calib-samples {samples} asks for more samples than the calibration "
+                         f"data has ({n})")
     use = samples if samples is not None else min(n, DEFAULT_SAMPLES)
     if fixed_batch is not None and fixed_batch > 1:
         use = max(fixed_batch, use - use % fixed_batch)
@@ -177,24 +118,111 @@ def load(source, model: onnx.ModelProto, samples: int | None = None) -> Calibrat
     if fixed_batch is not None and fixed_batch > 1:
         rest -= rest % fixed_batch
     held = {k: v[use:use + min(rest, HELD_OUT_MAX)] for k, v in out.items()} if rest > 0 else None
-    return Calibration(train, held, fixed_batch)
+    return Calibration(train, held, fixed_batch, constants=constants, source="; ".join(map(str, read)))
 
 
-def _cast(name: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    want = np.dtype(dtype)
+def _check_names(given: dict[str, Given], specs: dict[str, InputSpec], images: bool) -> None:
+    missing = [s for name, s in specs.items() if name not in given]
+    if missing:
+        s = missing[0]
+        hint = ("; --calib-images fills one input: give the others with --calib (e.g. an .npz of values fed "
+                "unchanged to every batch)") if images else ""
+        raise UsageError(f"calibration data has no array for graph input '{s.name}' ({s.shown}; given: "
+                         f"{', '.join(sorted(given)) or 'nothing'}){hint}")
+    extra = [k for k in given if k not in specs]
+    if extra:
+        raise UsageError(f"calibration array '{extra[0]}' is not a graph input (given {given[extra[0]].shown}; "
+                         f"the model's inputs: {', '.join(specs)})")
+
+
+def _fits(shape, dims) -> bool:
+    return len(shape) == len(dims) and all(d is None or d == s for d, s in zip(dims, shape))
+
+
+def _roles(given: dict[str, Given], specs: dict[str, InputSpec]) -> tuple[dict[str, str], int]:
+    """Per input: 'samples' (stacked on axis 0) or 'constant' (fed unchanged to every batch), and the number
+    of samples. A value in the exact shape of one feed is a constant when it cannot be the stack of the
+    samples: a 0-d input, or a leading size other than the sample count. The count comes from the inputs
+    that can only be samples, else from those with a dynamic axis 0 (where one has a leading 1 and others
+    more, that one is a single feed), else from the first input."""
+    role = {}
+    for name, spec in specs.items():
+        g, dims = given[name], spec.dims
+        if dims == []:  # a scalar input takes one value for every batch
+            if g.one is None or g.one.ndim != 0:
+                raise UsageError(_scalar_message(spec, g))
+            role[name] = "constant"
+            continue
+        stacks = g.stacked is not None and (dims is None or (
+            g.stacked.ndim == len(dims) and _fits(g.stacked.shape[1:], dims[1:])))
+        as_is = g.one is not None and (g.one.ndim == 0 if dims is None else _fits(g.one.shape, dims))
+        if not stacks and not as_is:
+            raise UsageError(_shape_message(spec, g))
+        role[name] = "either" if stacks and as_is else ("samples" if stacks else "constant")
+    counts = {k: len(given[k].stacked) for k, r in role.items() if r == "samples"}
+    if not counts:
+        either = [k for k, r in role.items() if r == "either"]
+        free = [k for k in either if specs[k].dims is None or specs[k].dims[0] is None]
+        counts = {k: len(given[k].stacked) for k in (free or either[:1])}
+        if len(set(counts.values())) > 1:  # one feed of a free-batch input (a state [1, ...]) next to samples
+            most = max(counts.values())
+            counts = {k: v for k, v in counts.items() if v != 1 or most == 1}
+    if not counts:
+        raise UsageError("calibration data has no per-sample input: every input is fed unchanged to every batch "
+                         f"({', '.join(specs)}); give the samples of at least one on axis 0")
+    if len(set(counts.values())) > 1:
+        raise UsageError("calibration inputs have different sample counts ("
+                         + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "); an input given in the model's "
+                         "exact shape, the same in every feed, is fed unchanged to every batch instead")
+    n = next(iter(counts.values()))
+    for k, r in role.items():
+        if r == "either":
+            role[k] = "samples" if len(given[k].stacked) == n else "constant"
+    return role, n
+
+
+def _scalar_message(spec: InputSpec, g: Given) -> str:
+    head = f"calibration input '{spec.name}' is a scalar in the model ({spec.shown}), fed unchanged to every batch"
+    if g.one is None:
+        return f"{head}, but the feeds give different values (shapes {g.shown})"
+    return f"{head}; give one value (shape []), got shape {g.shown}"
+
+
+def _shape_message(spec: InputSpec, g: Given) -> str:
+    """Why a value is neither the samples of an input nor one feed of it (dims is known here)."""
+    name, dims = spec.name, spec.dims
+    if g.stacked is None and g.feeds:
+        return (f"calibration feeds of input '{name}' have different shapes ({g.shown}), the model expects "
+                f"{spec.shown}")
+    a = g.stacked if g.stacked is not None else g.one
+    rank = len(g.shapes[0])
+    if a.ndim != len(dims):
+        return (f"calibration input '{name}' has shape {g.shown}, of rank {rank}, the model expects rank "
+                f"{len(dims)}: {spec.shown} (samples on axis 0)")
+    ax = next(i for i in range(1, len(dims)) if dims[i] is not None and a.shape[i] != dims[i])
+    where = f"dim {ax}" if not g.feeds or rank == len(dims) else f"dim {ax - 1}"
+    return (f"calibration input '{name}' has shape {g.shown}: {where} is {a.shape[ax]}, the model expects "
+            f"{dims[ax]} ({spec.shown}; samples on axis 0, or one value of that shape for every batch)")
+
+
+def _cast(name: str, a: np.ndarray, spec: InputSpec) -> np.ndarray:
+    want = spec.dtype
     kind = "f" if want.kind in "fV" else ("b" if want.kind == "b" else "i")
     have = "f" if a.dtype.kind == "f" else ("b" if a.dtype.kind == "b" else ("i" if a.dtype.kind in "iu" else "?"))
     if have != kind:
-        raise UsageError(f"calibration input '{name}' is {a.dtype}, the model expects {want}")
+        raise UsageError(f"calibration input '{name}' is {a.dtype}, the model expects {want} (input {spec.shown}, "
+                         f"given {a.dtype} {list(a.shape)})")
     if kind == "f" and not np.all(np.isfinite(a)):
         raise UsageError(f"calibration input '{name}' contains NaN or infinite values")
-    return np.ascontiguousarray(a.astype(want, copy=False))
+    return a.astype(want, order="C", copy=False)  # (np.ascontiguousarray would make a 0-d array 1-d)
 
 
-def batches(data: dict[str, np.ndarray], size: int):
+def batches(data: dict[str, np.ndarray], size: int, constants: dict[str, np.ndarray] | None = None):
+    """Feeds of `size` samples of `data` each, with the inputs fed unchanged to every batch (`constants`)."""
     n = len(next(iter(data.values())))
+    extra = constants or {}
     for s in range(0, n, size):
-        yield {k: v[s:s + size] for k, v in data.items()}
+        yield {**{k: v[s:s + size] for k, v in data.items()}, **extra}
 
 
 def batch_size(calib: Calibration, per_sample_bytes: int) -> int:
@@ -220,28 +248,46 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def rebatchable(model: onnx.ModelProto) -> bool:
-    """A model exported with a batch of 1 computes the same per sample on a larger batch (checked on
-    two samples), so calibration can run it batched."""
+def batches_agree(batched: onnx.ModelProto, single: onnx.ModelProto, calib: Calibration) -> bool:
+    """`batched` run on two calibration samples at once gives what `single` gives on each alone (with the
+    constant inputs as they are): then calibration may run batches of many samples. A model that does not
+    run on one sample of the data is a UsageError naming the inputs fed unchanged."""
+    two = {}
+    for k, v in calib.train.items():
+        v = v[:2]
+        if v.dtype.kind == "f" and np.array_equal(v[0], v[1]):  # identical samples would hide batch mixing
+            v = np.concatenate([v[:1], v[1:] * 0.5 + 0.25]).astype(v.dtype)
+        two[k] = v
     try:
-        one = synthetic_inputs(model)
-        two = {k: np.concatenate([v, v[::-1] * 0.5 + 0.25], axis=0).astype(v.dtype) for k, v in one.items()}
-        ref1 = session(model).run(None, {k: v[:1] for k, v in two.items()})
-        ref2 = session(model).run(None, {k: v[1:] for k, v in two.items()})
-        got = session(free_batch(model)).run(None, two)
-        for r1, r2, g in zip(ref1, ref2, got):
-            if g.shape[0] != 2 or not (np.allclose(g[:1], r1, rtol=1e-4, atol=1e-5)
-                                       and np.allclose(g[1:], r2, rtol=1e-4, atol=1e-5)):
-                return False
+        one = session(single)
+    except Exception:  # noqa: BLE001 - the runner that needs it reports a model ONNX Runtime cannot load
+        return False
+    try:
+        refs = [one.run(None, {**{k: v[i:i + 1] for k, v in two.items()}, **calib.constants}) for i in range(2)]
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's many kinds
+        fed = ", ".join(f"{k} {list(v.shape)}" for k, v in calib.constants.items())
+        raise UsageError("the model does not run on one calibration sample" + (f" with {fed} fed unchanged" if fed
+                         else "") + f": {first_line(exc)}") from None
+    try:
+        got = (one if batched is single else session(batched)).run(None, {**two, **calib.constants})
     except Exception:  # noqa: BLE001 - a batch-dependent graph: keep batches of one
         return False
+    for r1, r2, g in zip(refs[0], refs[1], got):
+        if g.shape != (2,) + r1.shape[1:] or r1.shape[:1] != (1,) or not (
+                np.allclose(g[:1], r1, rtol=1e-4, atol=1e-5) and np.allclose(g[1:], r2, rtol=1e-4, atol=1e-5)):
+            return False
     return True
 
 
 def prepare(calib: Calibration, model: onnx.ModelProto) -> Calibration:
-    """Batches larger than a model's fixed batch of 1 where the model allows it."""
-    if calib.batch == 1 and rebatchable(model):
+    """Batches larger than a model's fixed batch of 1 where the model allows it; batches of one (sample by
+    sample, still one session per pass) where inputs fed unchanged keep a free-batch model from batching."""
+    if calib.n_train < 2:
+        return calib
+    if calib.batch == 1 and batches_agree(free_batch(model), model, calib):
         calib.batch, calib.rebatch = None, True
+    elif calib.batch is None and calib.constants and not batches_agree(model, model, calib):
+        calib.batch = 1
     return calib
 
 
@@ -628,7 +674,7 @@ def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: boo
     rng = np.random.default_rng(seed)
     n = calib.n_train
     with progress("calibration statistics", -(-n // bs)) as advance:
-        for feeds in batches(calib.train, bs):
+        for feeds in batches(calib.train, bs, calib.constants):
             acts = probe.run(feeds)
             for y, layer in layers.items():
                 x = acts[layer.x]

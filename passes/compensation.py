@@ -317,7 +317,7 @@ def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float
             per_sample += 8 * k * int(np.prod([v or 1 for v in dims[1:]]))
     bs = batch_size(calib, per_sample)
     n = calib.n_train
-    for feeds in batches(calib.train, bs):
+    for feeds in batches(calib.train, bs, calib.constants):
         xs = pruned_probe.run(feeds)
         ys = orig_probe.run(feeds)
         for y, (action, layer, player, kout) in plan.items():

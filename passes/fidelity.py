@@ -20,13 +20,18 @@ def _batch(feeds: dict[str, np.ndarray], calib: Calibration | None) -> int:
     return calib.batch if calib is not None and calib.batch else max(1, min(n, 64))
 
 
+def _constants(calib: Calibration | None) -> dict | None:
+    """Inputs fed unchanged with every batch (a sample rate, an initial state)."""
+    return calib.constants if calib is not None else None
+
+
 def reference_outputs(original: onnx.ModelProto, feeds: dict[str, np.ndarray],
                       calib: Calibration | None = None) -> tuple[list[str], list[list[np.ndarray]]]:
     """The original's output names and its outputs per batch of `feeds`: computed once when several pruned
     candidates are compared to it (the --max-error search)."""
     so = session_for(original, calib)
     names = [o.name for o in so.get_outputs()]
-    return names, [so.run(None, b) for b in batches(feeds, _batch(feeds, calib))]
+    return names, [so.run(None, b) for b in batches(feeds, _batch(feeds, calib), _constants(calib))]
 
 
 def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray],
@@ -40,7 +45,7 @@ def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str
     sp = session_for(pruned, calib)
     n = len(next(iter(feeds.values())))
     acc = {k: OutputAgreement(atol, rtol) for k in names}
-    for ref, b in zip(refs, batches(feeds, _batch(feeds, calib))):
+    for ref, b in zip(refs, batches(feeds, _batch(feeds, calib), _constants(calib))):
         for k, r, p in zip(names, ref, sp.run(None, b)):
             acc[k].add(r, p)
     out = {"samples": n, "held_out": held_out, "outputs": {k: a.summary() for k, a in acc.items()}}

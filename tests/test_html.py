@@ -122,8 +122,8 @@ def test_sensitivity_equals_pruning_that_group(model, tmp_path):
     order = np.argsort(scoring.score(a, "l2", 0).value[g.key], kind="stable")
     pruned = rewrite.apply(a.view.model, a.cut(g.units[order[:p["removed"]]]))
     got, base = [], []
-    for i in range(len(feeds["input"])):  # the model's batch is fixed to 1
-        f = {"input": feeds["input"][i:i + 1]}
+    for i in range(feeds.n_train):  # the model's batch is fixed to 1
+        f = {"input": feeds.train["input"][i:i + 1]}
         got.append(np.concatenate([o.ravel() for o in runtime.run(pruned, f)]))
         base.append(np.concatenate([o.ravel() for o in runtime.run(a.view.model, f)]))
     got, base = np.concatenate(got).astype(np.float64), np.concatenate(base).astype(np.float64)
