@@ -170,7 +170,7 @@ def print_quality(rep, console: Console) -> None:
         stat = f" from {s['statistics']}" if s.get("statistics") else ""
         fb = f", magnitude for {len(s['magnitude_fallback'])} groups" if s.get("magnitude_fallback") else ""
         if s.get("layers_without_statistics"):
-            fb += f" ({_by_reason(s['layers_without_statistics'], 'layer')} without statistics)"
+            fb += f"; no statistics for {_by_reason(s['layers_without_statistics'], 'layer')}"
         parts.append(f"scores: {s.get('importance')}{stat}{fb}")
     a = q.get("allocation")
     if a and (a.get("mode") == "global" or a.get("target") != "channels"):
