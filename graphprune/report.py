@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from .analysis.costs import ModelStats
 from .errors import python_name
-from .passes.targets import miss_message
+from .passes.targets import miss_lines
 
 
 @dataclass
@@ -31,8 +31,7 @@ class Report:
     def warning_lines(self, name_of=python_name) -> list[str]:
         """The warnings, naming options with `name_of`: `ratio=0.3` by default, `--ratio 0.3` from the CLI
         (options.cli_name). A target missed by more than 2 points is one line: how far it could go and why."""
-        line = miss_message((self.quality.get("allocation") or {}).get("target"), name_of)
-        return [line] if line else []
+        return miss_lines((self.quality.get("allocation") or {}).get("target"), name_of)
 
     def ratio(self, attr: str) -> float:
         b = getattr(self.before, attr)

@@ -87,48 +87,69 @@ def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio
     normed = {g.key: norm(scores[g.key], normalize) for g in groups}
     orders = [np.argsort((normed if global_pruning else scores)[g.key], kind="stable") for g in groups]
     ranked = [normed[g.key][o] for g, o in zip(groups, orders)]  # comparable across groups, ascending
+    limits = {"max_ratio": max_ratio, "min_keep": min_keep, "round_to": round_to}
+    measure = targets.Measure(analysis, groups, orders, CostModel(analysis, target) if target != "channels" else None)
+    # Per-kind ratios (uniform channels only): each set of groups with the same ratio is searched on its own.
+    ratio_of = ratio_for if ratio_for is not None and target == "channels" and not global_pruning else (
+        lambda kind: ratio)
+    parts: dict[float, list[int]] = {}
+    for i, g in enumerate(groups):
+        parts.setdefault(ratio_of(g.kind), []).append(i)
+    sub = {r: measure if len(parts) == 1 else targets.Measure(analysis, [groups[i] for i in idx],
+                                                             [orders[i] for i in idx])
+           for r, idx in parts.items()}
 
     def steps_with(max_ratio, min_keep, round_to):
         return [targets.removal_steps(g, max_ratio, round_to, min_keep) for g in groups]
 
-    limits = {"max_ratio": max_ratio, "min_keep": min_keep, "round_to": round_to}
-    steps = steps_with(**limits)
-    measure = targets.Measure(analysis, groups, orders, CostModel(analysis, target) if target != "channels" else None)
-    setting = [("target", target), ("ratio", ratio)]
-    info = {"mode": "global" if global_pruning else "uniform", "ratio": ratio}
-    if global_pruning:
-        counts = targets.search_global(measure, ratio, steps, ranked)
-        asked = ratio
-        info["normalize"] = normalize
-    else:
-        # Per-kind ratios (channels only): each set of groups with the same ratio is searched on its own.
-        ratio_of = ratio_for if ratio_for is not None and target == "channels" else (lambda kind: ratio)
-        by_ratio: dict[float, list[int]] = {}
-        for i, g in enumerate(groups):
-            by_ratio.setdefault(ratio_of(g.kind), []).append(i)
+    def search(**lim) -> np.ndarray:
+        steps = steps_with(**lim)
+        if global_pruning:
+            return targets.search_global(measure, ratio, steps, ranked)
         counts = np.zeros(len(groups), dtype=np.int64)
-        for r, idx in by_ratio.items():
-            sub = [groups[i] for i in idx]
-            part = measure if len(by_ratio) == 1 else targets.Measure(analysis, sub, [orders[i] for i in idx])
+        for r, idx in parts.items():
+            def counts_at(x, idx=idx):
+                return np.array([groups[i].size - _uniform_keep(groups[i], x, lim["max_ratio"], lim["round_to"],
+                                                                lim["min_keep"]) for i in idx])
 
-            def counts_at(x, sub=sub):
-                return np.array([g.size - _uniform_keep(g, x, max_ratio, round_to, min_keep) for g in sub])
-
-            counts[idx] = targets.search_uniform(part, r, [steps[i] for i in idx], [ranked[i] for i in idx],
+            counts[idx] = targets.search_uniform(sub[r], r, [steps[i] for i in idx], [ranked[i] for i in idx],
                                                  counts_at)
-        asked = ratio
-        if any(r != ratio for r in by_ratio):  # --head-ratio / --mlp-ratio: the fraction of all units they ask
-            asked = sum(g.size * ratio_of(g.kind) for g in groups) / max(sum(g.size for g in groups), 1)
-            setting += sorted({(f"{g.kind}_ratio", ratio_of(g.kind)) for g in groups if ratio_of(g.kind) != ratio})
+        return counts
+
+    counts = search(**limits)
     plan = Plan(fingerprint, options=dict(options or {}))
     for g, o, n in zip(groups, orders, counts):
         if n > 0:
             plan.cuts[g.key] = GroupCut(g.key, g.size, sorted(int(j) for j in o[:n]))
     achieved = measure(counts)
-    info["achieved"] = round(achieved, 4)
-    t = targets.assess(target, asked, achieved, measure(targets.most(steps)), setting)
-    if not t["met"]:
-        targets.explain(t, analysis, measure, steps_with, limits)
+    info = {"mode": "global" if global_pruning else "uniform", "ratio": ratio, "achieved": round(achieved, 4)}
+    if global_pruning:
+        info["normalize"] = normalize
+
+    def record(m, asked, setting, idx):
+        """The target record of the groups idx (all, or those of one per-kind ratio), explained if missed."""
+        def steps_of(**lim):
+            return [steps_with(**lim)[i] for i in idx]
+
+        t = targets.assess(target, asked, m(counts[idx]), m(targets.most(steps_of(**limits))), setting)
+        if not t["met"]:
+            targets.explain(t, analysis, m, steps_of, limits, retry=lambda **lim: m(search(**dict(limits, **lim))[idx]))
+        return t
+
+    everything = np.arange(len(groups))
+    if len(parts) == 1 and next(iter(parts)) == ratio:
+        t = record(measure, ratio, [("target", target), ("ratio", ratio)], everything)
+    else:  # --head-ratio / --mlp-ratio: one record per ratio, and the fraction of all units they ask together
+        recs = []
+        for r, idx in parts.items():
+            kinds = sorted({groups[i].kind for i in idx})
+            names = [("ratio", r)] if r == ratio else [(f"{k}_ratio", r) for k in kinds]
+            recs.append(dict(record(sub[r], r, [("target", target)] + names, np.array(idx)), groups=kinds))
+        asked = sum(g.size * ratio_of(g.kind) for g in groups) / max(sum(g.size for g in groups), 1)
+        t = targets.assess(target, asked, achieved, measure(targets.most(steps_with(**limits))),
+                           [("target", target)] + sorted({tuple(p) for rec in recs for p in rec["setting"][1:]}))
+        t["met"] = all(rec["met"] for rec in recs)
+        t["parts"] = recs
     info["target"] = t
     if strict_target and not t["met"]:
         raise TargetError(t)

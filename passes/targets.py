@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from graphprune.errors import OptionError
 TOLERANCE = 0.02  # a target is met when the achieved fraction is within this of the one asked
 AIM = 0.005  # the search stops adjusting groups once this close
 POLISH_LIMIT = 4096  # combinations of counts few enough to measure every one
+MENTION = 0.001  # reasons holding less of the cost than this are not listed
+REBALANCE_BUDGET = 1000  # cuts `rebalance` measures per round (it narrows its window for many groups)
 
 
 def group_round_to(g, round_to: int | str) -> int:
@@ -105,7 +108,7 @@ def _closest(measure, ratio: float, a, b):
 def search_uniform(measure, ratio: float, steps, scores, counts_at, aim: float = AIM) -> np.ndarray:
     """Counts for uniform allocation: the cut at `ratio` itself where it is close enough (every group then
     loses the same fraction), else the common per-group ratio whose cut comes closest (bisected), then
-    single groups adjusted (`refine`). `counts_at(r)`: the counts of a common ratio r, rounded."""
+    groups adjusted (`settle`). `counts_at(r)`: the counts of a common ratio r, rounded."""
     counts = counts_at(ratio)
     if abs(measure(counts) - ratio) <= aim:
         return counts
@@ -129,7 +132,7 @@ def search_uniform(measure, ratio: float, steps, scores, counts_at, aim: float =
 def search_global(measure, ratio: float, steps, scores, aim: float = AIM) -> np.ndarray:
     """Counts for global allocation: the shortest prefix of one ranking of all units (`scores`, ascending
     within each group) whose cut, each group rounded down to an allowed count, reaches `ratio` (or the prefix
-    just before it, whichever is closer), then single groups adjusted (`refine`)."""
+    just before it, whichever is closer), then groups adjusted (`settle`)."""
     top = most(steps)
     if not len(steps) or measure(top) <= ratio:
         return top
@@ -193,10 +196,9 @@ def rebalance(measure, ratio: float, steps, scores, counts, aim: float = AIM, wi
     """Several groups moved at once: each group's effect of moving to any of its `window` nearest steps is
     measured alone, and the moves are combined as if these effects added up (a knapsack over the change
     still needed: among the combinations within `aim`, the fewest groups moved, then the lowest score
-    removed; else the closest); the
-    combination is then measured exactly. Repeated from there (`rounds`; the effects of moves in neighbouring
-    groups do not quite add up, so a combination may land off and the next corrects it); the closest cut
-    measured wins."""
+    removed; else the closest); the combination is then measured exactly. Repeated from there (`rounds`;
+    the effects of moves in neighbouring groups do not quite add up, so a combination may land off and the
+    next corrects it); the closest cut measured wins."""
     cum = [np.concatenate([[0.0], np.cumsum(s)]) for s in scores]
     scale = 1.0 + sum(float(np.abs(s).sum()) for s in scores)  # the score part of a penalty stays below 1
     counts = np.array(counts, dtype=np.int64)
@@ -204,7 +206,8 @@ def rebalance(measure, ratio: float, steps, scores, counts, aim: float = AIM, wi
     best, best_got = counts, got
     res = aim / 4  # the knapsack's resolution
     span = int(math.ceil(1.0 / res))
-    for _ in range(rounds):
+    window = min(window, REBALANCE_BUDGET // (2 * max(len(steps), 1)))  # measurements per round, bounded
+    for _ in range(rounds if window >= 1 else 0):
         if abs(got - ratio) <= aim:
             break
         options = []
@@ -296,16 +299,19 @@ def assess(what: str, asked: float, achieved: float, reachable: float, setting: 
             "setting": [list(p) for p in setting], "reasons": []}
 
 
-def explain(t: dict, analysis, measure, steps_with, limits: dict) -> None:
+def explain(t: dict, analysis, measure, steps_with, limits: dict, retry=None) -> None:
     """Fill t["reasons"] for a missed target, largest first: the frozen groups' reasons, each with the share
     of the cost it holds (what no cut of the prunable units can remove), then each limit that binds, with
     what relaxing it alone would add to the reachable maximum; a target within reach but missed says the
-    allowed steps are too coarse. `steps_with(**limits)` gives the groups' steps under other limits."""
+    allowed steps are too coarse, and what the search reaches with exact counts (`retry(round_to=1)`, the
+    fraction it achieves). `steps_with(**limits)` gives the groups' steps under other limits."""
     if t["reachable_max"] + TOLERANCE >= t["asked"]:  # within reach: the allowed steps are too coarse
-        steps = {"kind": "steps", "why": "the allowed per-group channel counts change the cut in steps too "
-                 "coarse to land closer", "share": round(abs(t["achieved"] - t["asked"]), 4)}
+        steps = {"kind": "steps", "why": "no cut the allowed channel counts give is closer",
+                 "share": round(abs(t["achieved"] - t["asked"]), 4)}
         if limits.get("round_to") not in (None, 1):
             steps["option"], steps["value"] = "round_to", limits["round_to"]
+            if retry is not None:
+                steps["without"] = round(retry(round_to=1), 4)
         t["reasons"] = [steps]
         return
     reasons, fixed = [], 0.0
@@ -318,41 +324,53 @@ def explain(t: dict, analysis, measure, steps_with, limits: dict) -> None:
             continue
         relaxed = dict(limits, **{name: {"max_ratio": None, "min_keep": 1, "round_to": 1}[name]})
         gain = measure(most(steps_with(**relaxed))) - reach
-        if gain > 5e-4:
+        if gain >= MENTION:
             reasons.append({"kind": "limit", "option": name, "value": value, "share": round(gain, 4)})
     one = (1.0 - fixed) - measure(most(steps_with(max_ratio=None, min_keep=1, round_to=1)))
-    if one > 5e-4:
-        reasons.append({"kind": "limit", "why": "every group keeps at least one channel", "share": round(one, 4)})
-    t["reasons"] = sorted(reasons, key=lambda r: -r["share"])
+    if one >= 5 * MENTION:
+        reasons.append({"kind": "limit", "why": "the one channel every group keeps", "share": round(one, 4)})
+    t["reasons"] = sorted(reasons, key=lambda r: (r.get("other", False), -r["share"]))
 
 
-def frozen_shares(analysis, cost, prunable, what: str, top: int = 5) -> tuple[float, list[dict]]:
-    """The cost no cut of the prunable groups can remove, in total and per reason (the first refusal of
-    each frozen group; the groups that touch no weight and the terms on no channel axis get rows of their
-    own): the `top` largest reasons, the rest summed in one row."""
+def frozen_shares(analysis, cost, prunable, what: str, top: int = 4) -> tuple[float, list[dict]]:
+    """The cost no cut of the prunable groups can remove, in total and per reason: the first refusal of each
+    frozen group, refusals that differ only in the names they quote counted together (`like`: how many other
+    sentences; `why`: the one holding most); groups that touch no weight and terms on no channel axis get rows
+    of their own. The `top` largest rows, then the rest summed in one (`other`)."""
     movable = np.zeros(analysis.id_count + 1, dtype=bool)
+    channel = np.zeros(analysis.id_count + 1, dtype=bool)
     label = np.zeros(analysis.id_count + 1, dtype=np.int64)
     names: dict[str, int] = {}
     keys = {g.key for g in prunable}
-    channel = {g.key for g in analysis.channel_groups}
+    for g in analysis.channel_groups:
+        channel[g.units] = True
     for g in analysis.groups:
         if g.key in keys:
             movable[g.units] = True
             continue
-        why = g.reasons[0] if g.reasons else ("frozen" if g.key in channel else "not part of a channel group")
+        why = g.reasons[0] if g.reasons and channel[g.units[0]] else "touches no weight to cut"
         label[g.units] = names.setdefault(why, len(names))
-    fixed, shares = cost.fixed_shares(movable, label, len(names))
-    rows = [{"kind": "frozen", "why": why, "share": float(shares[i])} for why, i in names.items()]
+    fixed, shares = cost.fixed_shares(movable, label, len(names), channel)
+    by_pattern: dict[str, list[tuple[float, str]]] = {}
+    for why, i in names.items():
+        by_pattern.setdefault(_QUOTED.sub("'…'", why), []).append((float(shares[i]), why))
+    rows = []
+    for same in by_pattern.values():
+        same.sort(key=lambda x: -x[0])
+        rows.append({"kind": "frozen", "why": same[0][1], "like": len(same) - 1, "share": sum(x for x, _ in same)})
     if shares[-1]:
-        rows.append({"kind": "frozen", "why": NO_AXIS[what], "share": float(shares[-1])})
-    rows = sorted((r for r in rows if r["share"] > 5e-4), key=lambda r: -r["share"])
+        rows.append({"kind": "frozen", "why": NO_AXIS[what], "like": 0, "share": float(shares[-1])})
+    rows = sorted((r for r in rows if r["share"] >= MENTION), key=lambda r: -r["share"])
     if len(rows) > top:
         rest = rows[top:]
-        rows = rows[:top] + [{"kind": "frozen", "why": f"{len(rest)} other reasons",
-                              "share": sum(r["share"] for r in rest)}]
+        rows = rows[:top] + [{"kind": "frozen", "why": "other reasons", "like": sum(r["like"] + 1 for r in rest) - 1,
+                              "share": sum(r["share"] for r in rest), "other": True}]
     for r in rows:
         r["share"] = round(r["share"], 4)
     return fixed, rows
+
+
+_QUOTED = re.compile(r"'[^']*'")
 
 
 def _opt(name_of, name: str, value) -> str:
@@ -364,24 +382,41 @@ def _opt(name_of, name: str, value) -> str:
     return f"{flag}{text}" if flag.endswith("=") else f"{flag} {text}"
 
 
-def miss_message(t: dict | None, name_of) -> str | None:
-    """One line for a missed target (None when it was met), naming options with `name_of` (errors.python_name
-    or the CLI's cli_name)."""
+def _pct(x: float) -> str:
+    return f"{x:.0%}" if x >= 0.095 else f"{x:.1%}"
+
+
+def miss_lines(t: dict | None, name_of) -> list[str]:
+    """One line per missed target (none when it was met; with per-kind ratios, one per missed ratio), naming
+    options with `name_of` (errors.python_name or the CLI's cli_name): how far the cut could go, what holds
+    the rest and how much of the cost each holds."""
     if not t or t["met"]:
-        return None
+        return []
+    if "parts" in t:
+        return [_miss_line(p, name_of) for p in t["parts"] if not p["met"]]
+    return [_miss_line(t, name_of)]
+
+
+def _miss_line(t: dict, name_of) -> str:
     ask = " ".join(_opt(name_of, k, v) for k, v in t["setting"])
-    noun = NOUNS[t["what"]]
-    frozen = [r for r in t["reasons"] if r["kind"] == "frozen"]
-    parts = []
-    if frozen:
-        parts.append("frozen: " + ", ".join(f"{r['share']:.0%} of the {noun} behind '{r['why']}'" if i == 0 else
-                                            f"{r['share']:.0%} '{r['why']}'" for i, r in enumerate(frozen[:3])))
+    noun = NOUNS[t["what"]] + (f" of the {'/'.join(t['groups'])} groups" if t.get("groups") else "")
+    frozen, parts = [], []
     for r in t["reasons"]:
-        if r["kind"] == "limit":
+        if r["kind"] == "frozen":
+            like = f" (+{r['like']} like it)" if r.get("like") and not r.get("other") else ""
+            why = r["why"] if r.get("other") else f'"{r["why"]}"'
+            frozen.append(f"{_pct(r['share'])}{f' of the {noun}' if not frozen else ''} behind {why}{like}")
+        elif r["kind"] == "limit":
             what = _opt(name_of, r["option"], r["value"]) if "option" in r else r["why"]
-            parts.append(f"{what} keeps {r['share']:.1%}")
+            parts.append(f"{what} holds {_pct(r['share'])}")
         elif r["kind"] == "steps":
-            parts.append(r["why"] + (f" ({_opt(name_of, r['option'], r['value'])})" if "option" in r else ""))
+            hint = ""
+            if "option" in r:
+                hint = f" ({_opt(name_of, r['option'], r['value'])}"
+                hint += f"; with {_opt(name_of, r['option'], 1)}: {r['without']:.1%})" if "without" in r else ")"
+            parts.append(r["why"] + hint)
+    if frozen:
+        parts.insert(0, "frozen: " + ", ".join(frozen))
     why = f" ({'; '.join(parts)})" if parts else ""
     if t["reachable_max"] + TOLERANCE < t["asked"]:
         return (f"{ask} is not reachable: at most {t['reachable_max']:.1%} of the {noun} can be removed{why}; "
@@ -397,5 +432,5 @@ class TargetError(OptionError):
         super().__init__("")
 
     def render(self, name_of) -> str:
-        return (f"{miss_message(self.target, name_of)} ({_opt(name_of, 'strict_target', 'True')} makes a missed "
-                "target an error; no model written)")
+        return (f"{'; '.join(miss_lines(self.target, name_of))} ({_opt(name_of, 'strict_target', 'True')} makes "
+                "a missed target an error; no model written)")

@@ -130,28 +130,33 @@ class CostModel:
             kept += float(self._scaled_base @ per_term)
         return 1.0 - kept / self.total
 
-    def fixed_shares(self, movable: np.ndarray, label: np.ndarray, n_labels: int) -> tuple[float, np.ndarray]:
+    def fixed_shares(self, movable: np.ndarray, label: np.ndarray, n_labels: int, channel: np.ndarray
+                     ) -> tuple[float, np.ndarray]:
         """What no cut of the `movable` units (boolean mask over unit ids) can remove: the cost a term keeps
         when every movable unit is gone (its base times the fixed fraction of each of its axes), as a fraction
         of the total, and that floor split over the labels of the fixed units holding it (`label`: int per
-        unit id, in [0, n_labels)); each axis of a term holds an equal part of it. The last of the n_labels + 1
-        shares is the cost of terms with no channel axis at all, which scales with nothing."""
+        unit id, in [0, n_labels)). Only channel axes (with a unit in the `channel` mask) hold a share, each
+        axis of a term an equal part: a kernel or spatial axis is never cut, so it holds nothing back. The
+        last of the n_labels + 1 shares is the cost of terms with no channel axis at all."""
         shares = np.zeros(n_labels + 1)
         if not self.total:
             return 0.0, shares
-        dist = []  # per axis: fixed fraction, and the fixed elements' label distribution
+        dist = []  # per axis: None (not a channel axis), or its fixed fraction and the fixed units' labels
         for u in self.axis_units:
+            if not channel[u].any():
+                dist.append(None)
+                continue
             fixed = ~movable[u]
-            f = float(fixed.mean())
             hist = np.bincount(label[u][fixed], minlength=n_labels).astype(np.float64)
-            dist.append((f, hist / hist.sum() if hist.sum() else hist))
+            dist.append((float(fixed.mean()), hist / hist.sum() if hist.sum() else hist))
         for base, axes in zip(self.base, self.term_axes):
-            if not axes:
+            held = [dist[a] for a in axes if dist[a] is not None]
+            if not held:
                 shares[n_labels] += base
                 continue
-            floor = base * math.prod(dist[a][0] for a in axes)
+            floor = base * math.prod(f for f, _ in held)
             if floor:
-                shares[:n_labels] += floor * sum(dist[a][1] for a in axes) / len(axes)
+                shares[:n_labels] += floor * sum(h for _, h in held) / len(held)
         shares /= self.total
         return float(shares.sum()), shares
 
