@@ -137,7 +137,7 @@ def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio
         return t
 
     everything = np.arange(len(groups))
-    if len(parts) == 1 and next(iter(parts)) == ratio:
+    if set(parts) <= {ratio}:  # one ratio for every group (or no group at all)
         t = record(measure, ratio, [("target", target), ("ratio", ratio)], everything)
     else:  # --head-ratio / --mlp-ratio: one record per ratio, and the fraction of all units they ask together
         recs = []

@@ -22,6 +22,7 @@ from graphprune.errors import OptionError
 
 TOLERANCE = 0.02  # a target is met when the achieved fraction is within this of the one asked
 AIM = 0.005  # the search stops adjusting groups once this close
+UNIFORM_KEEP = 0.01  # a uniform cut (one common ratio) this close to the target is kept as it is
 POLISH_LIMIT = 4096  # combinations of counts few enough to measure every one
 MENTION = 0.001  # reasons holding less of the cost than this are not listed
 REBALANCE_BUDGET = 1000  # cuts `rebalance` measures per round (it narrows its window for many groups)
@@ -106,12 +107,14 @@ def _closest(measure, ratio: float, a, b):
 
 
 def search_uniform(measure, ratio: float, steps, scores, counts_at, aim: float = AIM) -> np.ndarray:
-    """Counts for uniform allocation: the cut at `ratio` itself where it is close enough (every group then
-    loses the same fraction), else the common per-group ratio whose cut comes closest (bisected), then
-    groups adjusted (`settle`). `counts_at(r)`: the counts of a common ratio r, rounded."""
-    counts = counts_at(ratio)
-    if abs(measure(counts) - ratio) <= aim:
-        return counts
+    """Counts for uniform allocation. The cut at `ratio` itself, where it comes within UNIFORM_KEEP of the
+    target (every group then loses the same fraction); else the common per-group ratio whose cut comes
+    closest (bisected), kept as well when that close; else groups adjusted from there (`settle`), first
+    without emptying a group the ratio itself cuts, and only if that cannot meet the target, freely.
+    `counts_at(r)`: the counts of a common ratio r, rounded."""
+    plain = counts_at(ratio)
+    if abs(measure(plain) - ratio) <= UNIFORM_KEEP:
+        return plain
     top = most(steps)
     if measure(top) <= ratio:
         return top  # not reachable (or only just): the most there is
@@ -123,10 +126,17 @@ def search_uniform(measure, ratio: float, steps, scores, counts_at, aim: float =
                 hi = mid
             else:
                 lo = mid
-        counts = _closest(measure, ratio, counts_at(lo), counts_at(hi))
+        start = _closest(measure, ratio, counts_at(lo), counts_at(hi))
     else:
-        counts = counts_at(hi)
-    return settle(measure, ratio, steps, scores, counts, aim)
+        start = counts_at(hi)
+    if abs(measure(start) - ratio) <= UNIFORM_KEEP:
+        return start
+    cut = [st[st > 0] if c > 0 and st[-1] > 0 else st for st, c in zip(steps, plain)]
+    kept_cut = settle(measure, ratio, cut, scores, [max(int(c), int(st[0])) for c, st in zip(start, cut)], aim)
+    if abs(measure(kept_cut) - ratio) <= TOLERANCE:
+        return kept_cut
+    free = settle(measure, ratio, steps, scores, start, aim)
+    return _closest(measure, ratio, kept_cut, free)
 
 
 def search_global(measure, ratio: float, steps, scores, aim: float = AIM) -> np.ndarray:
@@ -317,6 +327,10 @@ def explain(t: dict, analysis, measure, steps_with, limits: dict, retry=None) ->
     reasons, fixed = [], 0.0
     if measure.cost is not None:
         fixed, reasons = frozen_shares(analysis, measure.cost, measure.groups, t["what"])
+    if not measure.groups:
+        t["reasons"] = reasons or [{"kind": "frozen", "why": "every channel group is frozen", "like": 0,
+                                    "share": 1.0}]
+        return
     reach = t["reachable_max"]
     for name in LIMITS:
         value = limits[name]

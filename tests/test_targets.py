@@ -231,3 +231,14 @@ def test_removal_steps_match_the_limits():
                 assert st.max() <= int(g.size * max_ratio + 1e-9)
             q = targets.quantum(g, round_to)
             assert all(k % q == 0 or k == g.size for k in kept)
+
+
+def test_every_group_frozen_is_a_missed_target_with_its_reasons():
+    g = GraphBuilder(seed=0)
+    g.output(g.conv(g.input("x", ["N", 3, 8, 8]), 3, 8, name="c1"))  # graph input -> conv -> graph output
+    r = graphprune.prune(g.model(), ratio=0.5, target="macs", validate=False)
+    t = r.report.quality["allocation"]["target"]
+    assert (t["asked"], t["achieved"], t["reachable_max"], t["met"]) == (0.5, 0.0, 0.0, False)
+    assert {x["why"] for x in t["reasons"]} == {"reaches graph input 'x'", "reaches graph output 'c1_out'"}
+    assert abs(sum(x["share"] for x in t["reasons"]) - 1) < 1e-3  # all of the conv's MACs, held by both ends
+    assert r.report.warnings[0].startswith("target='macs' ratio=0.5 is not reachable: at most 0.0% of the MACs")
