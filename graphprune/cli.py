@@ -43,8 +43,9 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output path (default: MODEL.pruned.onnx next to the input)")
     p.add_argument("--report", metavar="PATH", help="write the report as JSON")
     add_options(p, PruneOptions, ["round_to", "head_ratio", "mlp_ratio", "max_ratio", "importance", "reduction",
-                                  "normalize", "global_pruning", "target", "min_keep", "calib", "calib_images",
-                                  "preprocess", "calib_samples", "compensate", "ridge", "atol", "rtol", "seed"])
+                                  "normalize", "global_pruning", "target", "strict_target", "min_keep", "calib",
+                                  "calib_images", "preprocess", "calib_samples", "compensate", "ridge", "atol", "rtol",
+                                  "max_error", "metric", "seed"])
     p.add_argument("--save-plan", metavar="PATH", help="write the plan (which channels were cut) as JSON")
     p.add_argument("--plan", metavar="PATH", help="apply a saved plan instead of scoring")
     p.add_argument("--dry-run", action="store_true",
@@ -162,9 +163,10 @@ def _prune(args) -> int:
             plan = Plan.from_json(Path(args.plan).read_text())
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{args.plan}: not a readable plan ({exc})") from None
-    result = prune(args.model, opts, plan=plan)
+    result = prune(args.model, opts, plan=plan)  # --strict-target: a missed target raises here, before any write
     report = result.report.to_dict()
     report["input"] = os.fspath(args.model)
+    report["warnings"] = result.report.warning_lines(cli_name)  # the options as flags
     if not result.analysis.prunable:
         return _nothing_to_prune(args, result, report)
     failed = result.report.fidelity.get("passed") is False

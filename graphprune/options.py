@@ -168,6 +168,8 @@ class PruneOptions:
                                   "--ratio")
     target: str = option("channels", choices=TARGETS,
                          help="what --ratio removes: channels (default), params or macs (of the whole model)")
+    strict_target: bool = option(False, help="fail (exit code 2, nothing written) when --target/--ratio is missed "
+                                 "by more than 2 points; by default the most reachable is pruned, with a warning")
     min_keep: int = option(1, type=int, metavar="N", help="keep at least N channels in every group")
     compensate: str = option("auto", choices=MODES,
                              help="none, bias, lstsq or all (default: all with --calib; without it bias from "
@@ -219,6 +221,9 @@ class PruneOptions:
         if not isinstance(self.debug, (bool, np.bool_)):
             raise OptionError("{debug} must be True or False, got {value!r}", value=self.debug)
         self.debug = bool(self.debug)
+        if not isinstance(self.strict_target, (bool, np.bool_)):
+            raise OptionError("{strict_target} must be True or False, got {value!r}", value=self.strict_target)
+        self.strict_target = bool(self.strict_target)
         if not isinstance(self.global_pruning, (bool, np.bool_)):
             raise OptionError("{global_pruning} must be True or False, got {value!r}", value=self.global_pruning)
         self.global_pruning = bool(self.global_pruning)

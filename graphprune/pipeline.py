@@ -169,7 +169,7 @@ def _allocation(s: PruneState) -> StageResult:
     return allocation.allocate(s.analysis, s.scores, fingerprint(s.original), ratio=o.ratio,
                                ratio_for=o.ratio_for, target=o.target, global_pruning=o.global_pruning,
                                max_ratio=o.max_ratio, round_to=o.round_to, min_keep=o.min_keep,
-                               normalize=o.normalize, options=o.to_dict())
+                               normalize=o.normalize, options=o.to_dict(), strict_target=o.strict_target)
 
 
 def _check_plan(s: PruneState) -> StageResult:
@@ -327,6 +327,7 @@ def _report(s: PruneState) -> StageResult:
         fidelity=s.fidelity or {},
         internal_errors=[r.to_dict() for r in analysis.internal_errors],
     )
+    report.warnings = report.warning_lines()
     return StageResult(report)
 
 

@@ -123,6 +123,8 @@ def print_prune(result, report: dict, console: Console | None = None) -> None:
             extra += f", output cosine vs original {v['output_cosine']:.4f}"
         console.print(f"validation {status}: checker, shape inference, ONNX Runtime{extra}")
     print_quality(rep, console)
+    for line in report.get("warnings", rep.warnings):  # the CLI's copy names the options as flags
+        _print_warning(console, f"warning: {line}")
     _print_warning(console, internal_errors_warning([r["why"] for r in rep.internal_errors]))
     if report.get("output"):
         console.print(f"wrote {report['output']}")
@@ -152,8 +154,6 @@ def _print_search(sr: dict, console: Console) -> None:
                   "ok" if pt["within"] else "over")
     console.print(t)
     console.print(f"chose ratio {sr['chosen_ratio']:.3f} (largest tried {sr['largest_tried']})")
-    if sr.get("warning"):
-        _print_warning(console, sr["warning"])
 
 
 def print_quality(rep, console: Console) -> None:
@@ -173,9 +173,10 @@ def print_quality(rep, console: Console) -> None:
             fb += f"; no statistics for {_by_reason(s['layers_without_statistics'], 'layer')}"
         parts.append(f"scores: {s.get('importance')}{stat}{fb}")
     a = q.get("allocation")
-    if a and (a.get("mode") == "global" or a.get("target") != "channels"):
-        parts.append(f"allocation: {a['mode']}, {a['target']} removed {a.get('achieved', 0):.1%} "
-                     f"(asked {a['ratio']:.1%})")
+    t = (a or {}).get("target") or {}
+    if a and (a.get("mode") == "global" or t.get("what") != "channels" or not t.get("met", True)):
+        parts.append(f"allocation: {a['mode']}, {t.get('what')} removed {a.get('achieved', 0):.1%} "
+                     f"(asked {t.get('asked', a['ratio']):.1%})")
     if q.get("compensation"):
         c = q["compensation"]
         line = f"compensation: {c['mode']}, {len(c.get('layers', {}))} layers re-fit"
@@ -188,8 +189,6 @@ def print_quality(rep, console: Console) -> None:
         console.print(p)
     if q.get("search"):
         _print_search(q["search"], console)
-    if a and a.get("note"):
-        console.print(f"  note: {a['note']}")
     f = rep.fidelity
     if not f:
         return

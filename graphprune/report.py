@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .analysis.costs import ModelStats
+from .errors import python_name
+from .passes.targets import miss_lines
 
 
 @dataclass
@@ -24,6 +26,14 @@ class Report:
     quality: dict = field(default_factory=dict)  # calibration, scoring, allocation, compensation details
     fidelity: dict = field(default_factory=dict)  # pruned vs original outputs on held-out samples
     internal_errors: list = field(default_factory=list)  # rules that raised (Refusal.to_dict rows): bugs
+    warnings: list = field(default_factory=list)  # one line each: a missed --target (with the reachable maximum), a --max-error no cut meets
+
+    def warning_lines(self, name_of=python_name) -> list[str]:
+        """The warnings, naming options with `name_of`: `ratio=0.3` by default, `--ratio 0.3` from the CLI
+        (options.cli_name). A target missed by more than 2 points is one line: how far it could go and why."""
+        lines = miss_lines((self.quality.get("allocation") or {}).get("target"), name_of)
+        search = self.quality.get("search") or {}
+        return lines + ([search["warning"]] if search.get("warning") else [])
 
     def ratio(self, attr: str) -> float:
         b = getattr(self.before, attr)

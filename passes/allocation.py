@@ -5,11 +5,11 @@ capped by `max_ratio`, keeping at least `min_keep` units and, with `round_to`, a
 a multiple of it where the group is large enough. Global allocation ranks the units of all groups together
 on normalised scores and removes the lowest, under the same per-group limits.
 
-The target says what `ratio` measures: `channels` (units, per group when uniform, over all groups when
-global), or `params` / `macs`: the fraction of the whole model's parameters or multiply-accumulates to
-remove. For those, the cut is searched (a common per-group ratio, or the length of the global ranking's
-prefix; the closest to the target the channel granularity allows) with an exact cost model: every MAC-counting node and every weight scales with the kept fraction of
-each of its channel axes.
+The target says what `ratio` measures: `channels` (units, over all prunable groups), or `params` / `macs`:
+the fraction of the whole model's parameters or multiply-accumulates to remove. Rounding moves every group
+by whole blocks, so one common ratio misses; passes/targets.py searches the per-group counts (a common ratio
+then single groups adjusted, or the length of the global ranking's prefix) until the cut, measured exactly,
+is within 2 points of the target, and says what stops it where it cannot be (the info's `target`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import numpy as np
 from graphprune.analysis.costs import CostModel
 from graphprune.analysis.plan import GroupCut, Plan
 
+from . import targets
 from .base import StageResult
 from .choices import TARGETS  # noqa: F401 - the accepted values, re-exported
 from .scoring import normalize as norm
+from .targets import TargetError, group_round_to  # noqa: F401 - re-exported
 
 
 def kept_count(n: int, ratio: float, max_ratio: float | None, round_to: int, channels_per_unit: int,
@@ -61,20 +63,6 @@ def allocate_uniform(analysis, scores: dict[str, np.ndarray], ratio, fingerprint
     return plan
 
 
-def group_round_to(g, round_to: int | str) -> int:
-    """The channel multiple a group's kept count is rounded to. Whole heads are never rounded (--round-to
-    is about channel counts). "auto" (the default) is 16 in groups of at least 32 channels and 8 in groups of
-    16 to 31: vectorised CPU kernels work on blocks of channels (ONNX Runtime's NCHWc layout: 8 with AVX2,
-    16 with AVX-512) and fall back to slower kernels, with layout conversions around them, for counts that
-    are not a multiple; GPU tensor cores want multiples of 8. benchmarks/results/speed.md measured it."""
-    if g.kind == "head":
-        return 1
-    if round_to != "auto":
-        return int(round_to)
-    channels = g.size * g.round_multiple
-    return 16 if channels >= 32 else 8 if channels >= 16 else 1
-
-
 def _uniform_keep(g, ratio, max_ratio, round_to, min_keep) -> int:
     multiple = 1 if g.kind == "head" else g.round_multiple
     return kept_count(g.size, ratio, max_ratio, group_round_to(g, round_to), multiple, min_keep)
@@ -87,108 +75,82 @@ def _cut(plan: Plan, g, s: np.ndarray, n_remove: int) -> None:
     plan.cuts[g.key] = GroupCut(g.key, g.size, sorted(int(i) for i in order[:n_remove]))
 
 
-def _unit_cost(analysis, removed_units: list[np.ndarray]) -> np.ndarray:
-    mask = np.zeros(analysis.id_count + 1, dtype=bool)
-    for u in removed_units:
-        mask[u] = True
-    return mask
-
-
 def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio: float, ratio_for=None,
              target: str = "channels", global_pruning: bool = False, max_ratio: float | None = None,
-             round_to: int | str = 1, min_keep: int = 1, normalize: str = "lamp", options: dict | None = None
-             ) -> StageResult:
-    """Plan a cut (the result's value: a Plan; its info: mode, target, the ratio asked and achieved, and a note
-    when the target cannot be reached); `ratio_for(kind)` gives per-kind ratios for uniform allocation."""
+             round_to: int | str = 1, min_keep: int = 1, normalize: str = "lamp", options: dict | None = None,
+             strict_target: bool = False) -> StageResult:
+    """Plan a cut. The result's value is a Plan; its info has the mode, the ratio asked, the fraction
+    achieved and `target` (passes/targets.py: asked, achieved, reachable_max, met, reasons). `ratio_for(kind)`
+    gives per-kind ratios for uniform allocation of channels. A target missed by more than 2 points raises
+    TargetError with `strict_target`, and is otherwise pruned as closely as it can be and reported."""
     groups = analysis.prunable
-    info = {"mode": "global" if global_pruning else "uniform", "target": target, "ratio": ratio}
-    if not global_pruning and target == "channels":
-        plan = allocate_uniform(analysis, scores, ratio_for or ratio, fingerprint, max_ratio, round_to,
-                                options, min_keep)
-        info["achieved"] = _achieved(analysis, plan, "channels")
-        return StageResult(plan, info)
-    cost = CostModel(analysis, target) if target != "channels" else None
-    total_units = sum(g.size for g in groups) or 1
+    normed = {g.key: norm(scores[g.key], normalize) for g in groups}
+    orders = [np.argsort((normed if global_pruning else scores)[g.key], kind="stable") for g in groups]
+    ranked = [normed[g.key][o] for g, o in zip(groups, orders)]  # comparable across groups, ascending
+    limits = {"max_ratio": max_ratio, "min_keep": min_keep, "round_to": round_to}
+    measure = targets.Measure(analysis, groups, orders, CostModel(analysis, target) if target != "channels" else None)
+    # Per-kind ratios (uniform channels only): each set of groups with the same ratio is searched on its own.
+    ratio_of = ratio_for if ratio_for is not None and target == "channels" and not global_pruning else (
+        lambda kind: ratio)
+    parts: dict[float, list[int]] = {}
+    for i, g in enumerate(groups):
+        parts.setdefault(ratio_of(g.kind), []).append(i)
+    sub = {r: measure if len(parts) == 1 else targets.Measure(analysis, [groups[i] for i in idx],
+                                                             [orders[i] for i in idx])
+           for r, idx in parts.items()}
 
-    def removed_of(plan: Plan) -> float:
-        if cost is None:
-            return plan.n_removed / total_units
-        mask = _unit_cost(analysis, [g.units[np.asarray(plan.cuts[g.key].removed, dtype=np.int64)]
-                                     for g in groups if g.key in plan.cuts])
-        return cost.removed_fraction(mask)
+    def steps_with(max_ratio, min_keep, round_to):
+        return [targets.removal_steps(g, max_ratio, round_to, min_keep) for g in groups]
 
-    if not global_pruning:
-        def make(r: float) -> Plan:
-            return allocate_uniform(analysis, scores, r, fingerprint, max_ratio, round_to, options, min_keep)
+    def search(**lim) -> np.ndarray:
+        steps = steps_with(**lim)
+        if global_pruning:
+            return targets.search_global(measure, ratio, steps, ranked)
+        counts = np.zeros(len(groups), dtype=np.int64)
+        for r, idx in parts.items():
+            def counts_at(x, idx=idx):
+                return np.array([groups[i].size - _uniform_keep(groups[i], x, lim["max_ratio"], lim["round_to"],
+                                                                lim["min_keep"]) for i in idx])
 
-        lo, hi = 0.0, 0.999
-        if removed_of(make(hi)) >= ratio:
-            for _ in range(40):
-                mid = (lo + hi) / 2
-                if removed_of(make(mid)) >= ratio:
-                    hi = mid
-                else:
-                    lo = mid
-        plan = _closest(make(lo), make(hi), removed_of, ratio)
-        info["group_ratio"] = round(hi, 4)
-    else:
-        normed = {g.key: norm(scores[g.key], normalize) for g in groups}
-        order_in = {g.key: np.argsort(normed[g.key], kind="stable") for g in groups}
-        limit = {g.key: g.size - _uniform_keep(g, max_ratio if max_ratio is not None else 1.0, max_ratio,
-                                               1, min_keep) for g in groups}
-        flat_s = np.concatenate([normed[g.key] for g in groups]) if groups else np.zeros(0)
-        flat_g = np.concatenate([np.full(g.size, i) for i, g in enumerate(groups)]) if groups else np.zeros(0, int)
-        rank = np.argsort(flat_s, kind="stable")
-        ranked_groups = flat_g[rank]
+            counts[idx] = targets.search_uniform(sub[r], r, [steps[i] for i in idx], [ranked[i] for i in idx],
+                                                 counts_at)
+        return counts
 
-        def make(k: int) -> Plan:
-            counts = np.bincount(ranked_groups[:k], minlength=len(groups))
-            plan = Plan(fingerprint, options=dict(options or {}))
-            for i, g in enumerate(groups):
-                n_rm = min(int(counts[i]), limit[g.key])
-                n_rm = _round_removal(g, n_rm, round_to, limit[g.key])
-                if n_rm > 0:
-                    plan.cuts[g.key] = GroupCut(g.key, g.size, sorted(int(j) for j in order_in[g.key][:n_rm]))
-            return plan
-
-        lo, hi = 0, len(rank)
-        if removed_of(make(hi)) < ratio:
-            lo = hi
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if removed_of(make(mid)) >= ratio:
-                hi = mid
-            else:
-                lo = mid + 1
-        plan = _closest(make(max(lo - 1, 0)), make(lo), removed_of, ratio)
+    counts = search(**limits)
+    plan = Plan(fingerprint, options=dict(options or {}))
+    for g, o, n in zip(groups, orders, counts):
+        if n > 0:
+            plan.cuts[g.key] = GroupCut(g.key, g.size, sorted(int(j) for j in o[:n]))
+    achieved = measure(counts)
+    info = {"mode": "global" if global_pruning else "uniform", "ratio": ratio, "achieved": round(achieved, 4)}
+    if global_pruning:
         info["normalize"] = normalize
-    achieved = removed_of(plan)
-    info["achieved"] = round(achieved, 4)
-    if achieved + 1e-3 < ratio:
-        info["note"] = (f"target not reachable: at most {achieved:.1%} of the {target} can be removed "
-                        "with these limits (frozen groups, --max-ratio, --min-keep)")
+
+    def record(m, asked, setting, idx):
+        """The target record of the groups idx (all, or those of one per-kind ratio), explained if missed."""
+        def steps_of(**lim):
+            return [steps_with(**lim)[i] for i in idx]
+
+        t = targets.assess(target, asked, m(counts[idx]), m(targets.most(steps_of(**limits))), setting)
+        if not t["met"]:
+            targets.explain(t, analysis, m, steps_of, limits, retry=lambda **lim: m(search(**dict(limits, **lim))[idx]))
+        return t
+
+    everything = np.arange(len(groups))
+    if set(parts) <= {ratio}:  # one ratio for every group (or no group at all)
+        t = record(measure, ratio, [("target", target), ("ratio", ratio)], everything)
+    else:  # --head-ratio / --mlp-ratio: one record per ratio, and the fraction of all units they ask together
+        recs = []
+        for r, idx in parts.items():
+            kinds = sorted({groups[i].kind for i in idx})
+            names = [("ratio", r)] if r == ratio else [(f"{k}_ratio", r) for k in kinds]
+            recs.append(dict(record(sub[r], r, [("target", target)] + names, np.array(idx)), groups=kinds))
+        asked = sum(g.size * ratio_of(g.kind) for g in groups) / max(sum(g.size for g in groups), 1)
+        t = targets.assess(target, asked, achieved, measure(targets.most(steps_with(**limits))),
+                           [("target", target)] + sorted({tuple(p) for rec in recs for p in rec["setting"][1:]}))
+        t["met"] = all(rec["met"] for rec in recs)
+        t["parts"] = recs
+    info["target"] = t
+    if strict_target and not t["met"]:
+        raise TargetError(t)
     return StageResult(plan, info)
-
-
-def _closest(below: Plan, above: Plan, removed_of, ratio: float) -> Plan:
-    """Of the cuts just below and just at or above the target, the one closer to it (channels are
-    removed whole, so a target is met as closely as the channel granularity allows)."""
-    return below if abs(removed_of(below) - ratio) < abs(removed_of(above) - ratio) else above
-
-
-def _round_removal(g, n_rm: int, round_to: int, limit: int) -> int:
-    """Round the kept count up to a multiple of round_to (in channels) where the group allows it."""
-    round_to = group_round_to(g, round_to)
-    if round_to <= 1 or n_rm <= 0:
-        return n_rm
-    q = round_to // math.gcd(round_to, g.round_multiple)
-    if q <= 1 or g.size < q:
-        return n_rm
-    keep = g.size - n_rm
-    keep = min(g.size, -(-keep // q) * q)
-    return max(0, min(limit, g.size - keep))
-
-
-def _achieved(analysis, plan: Plan, target: str) -> float:
-    total = sum(g.size for g in analysis.prunable) or 1
-    return round(plan.n_removed / total, 4)

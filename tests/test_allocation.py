@@ -82,8 +82,10 @@ def test_global_respects_max_ratio_min_keep_and_round_to():
 
 def test_unreachable_target_is_reported():
     r = graphprune.prune(cnn(), ratio=0.95, target="macs", max_ratio=0.5)
-    alloc = r.report.quality["allocation"]
-    assert "not reachable" in alloc["note"] and alloc["achieved"] < 0.95
+    t = r.report.quality["allocation"]["target"]
+    assert not t["met"] and t["achieved"] == t["reachable_max"] < 0.95
+    assert any(x.get("option") == "max_ratio" for x in t["reasons"])  # tests/test_targets.py: the details
+    assert r.report.warnings[0].startswith("target='macs' ratio=0.95 is not reachable")
 
 
 def test_uniform_channels_is_the_old_behaviour():

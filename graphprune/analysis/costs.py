@@ -68,37 +68,97 @@ def model_stats(model: onnx.ModelProto, view: GraphView | None = None) -> ModelS
 
 class CostModel:
     """Parameters or MACs of the model as a function of the removed units (exact for the rewrite: each
-    term is its original cost times the kept fraction of every channel axis it depends on)."""
+    term is its original cost times the kept fraction of every channel axis it depends on).
+
+    The terms are kept as flat arrays (each distinct channel axis once), so one evaluation is a few numpy
+    reductions: allocation evaluates many cuts while it searches for a target."""
 
     def __init__(self, analysis, what: str):
         self.analysis = analysis
         view = analysis.view
-        self.terms: list[tuple[float, list[np.ndarray]]] = []
+        terms: list[tuple[float, list]] = []
         if what == "macs":
             for i in range(len(view.nodes)):
                 base, axes = node_macs_and_axes(view, i)
                 if base:
-                    self.terms.append((float(base), self._units(axes)))
+                    terms.append((float(base), self._spaces(axes)))
         else:
             for name, size, rank in weight_sizes(view):
-                self.terms.append((float(size), self._units([(name, ax) for ax in range(rank)])))
-        self.total = sum(b for b, _ in self.terms)
+                terms.append((float(size), self._spaces([(name, ax) for ax in range(rank)])))
+        self.base = np.array([b for b, _ in terms], dtype=np.float64)
+        self.total = float(self.base.sum())
+        axis_of: dict[int, int] = {}  # space id -> index among the distinct axes
+        units: list[np.ndarray] = []
+        self.term_axes: list[list[int]] = []
+        for _, spaces in terms:
+            idx = []
+            for sp in spaces:
+                if sp.id not in axis_of:
+                    axis_of[sp.id] = len(units)
+                    units.append(analysis.units_of(sp))
+                idx.append(axis_of[sp.id])
+            self.term_axes.append(idx)
+        self.axis_units = units
+        self._flat = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
+        self._sizes = np.array([len(u) for u in units], dtype=np.float64)
+        self._starts = np.concatenate([[0], np.cumsum(self._sizes[:-1])]).astype(np.int64) if units else None
+        scaled = [i for i, ax in enumerate(self.term_axes) if ax]
+        self._const = float(sum(self.base[i] for i, ax in enumerate(self.term_axes) if not ax))
+        self._scaled_base = self.base[scaled]
+        self._pair_axis = np.array([a for i in scaled for a in self.term_axes[i]], dtype=np.int64)
+        lengths = [len(self.term_axes[i]) for i in scaled]
+        self._pair_starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64) if scaled else None
 
-    def _units(self, axes) -> list[np.ndarray]:
+    def _spaces(self, axes) -> list:
         a = self.analysis
-        return [a.units_of(sp) for t, ax in axes if (sp := a.space(t, ax)) is not None]
+        return [sp for t, ax in axes if (sp := a.space(t, ax)) is not None]
+
+    def axis_kept(self, removed: np.ndarray) -> np.ndarray:
+        """The kept fraction of every distinct channel axis (in `axis_units` order)."""
+        if self._starts is None:
+            return np.zeros(0)
+        hit = np.add.reduceat(removed[self._flat].astype(np.float64), self._starts)
+        return 1.0 - hit / self._sizes
 
     def removed_fraction(self, removed: np.ndarray) -> float:
         """`removed`: boolean mask over unit ids (Cut.removed)."""
         if not self.total:
             return 0.0
-        kept = 0.0
-        for base, spaces in self.terms:
-            f = base
-            for r in spaces:
-                f *= float(np.mean(~removed[r]))
-            kept += f
+        kept = self._const
+        if self._pair_starts is not None:
+            per_term = np.multiply.reduceat(self.axis_kept(removed)[self._pair_axis], self._pair_starts)
+            kept += float(self._scaled_base @ per_term)
         return 1.0 - kept / self.total
+
+    def fixed_shares(self, movable: np.ndarray, label: np.ndarray, n_labels: int, channel: np.ndarray
+                     ) -> tuple[float, np.ndarray]:
+        """What no cut of the `movable` units (boolean mask over unit ids) can remove: the cost a term keeps
+        when every movable unit is gone (its base times the fixed fraction of each of its axes), as a fraction
+        of the total, and that floor split over the labels of the fixed units holding it (`label`: int per
+        unit id, in [0, n_labels)). Only channel axes (with a unit in the `channel` mask) hold a share, each
+        axis of a term an equal part: a kernel or spatial axis is never cut, so it holds nothing back. The
+        last of the n_labels + 1 shares is the cost of terms with no channel axis at all."""
+        shares = np.zeros(n_labels + 1)
+        if not self.total:
+            return 0.0, shares
+        dist = []  # per axis: None (not a channel axis), or its fixed fraction and the fixed units' labels
+        for u in self.axis_units:
+            if not channel[u].any():
+                dist.append(None)
+                continue
+            fixed = ~movable[u]
+            hist = np.bincount(label[u][fixed], minlength=n_labels).astype(np.float64)
+            dist.append((float(fixed.mean()), hist / hist.sum() if hist.sum() else hist))
+        for base, axes in zip(self.base, self.term_axes):
+            held = [dist[a] for a in axes if dist[a] is not None]
+            if not held:
+                shares[n_labels] += base
+                continue
+            floor = base * math.prod(f for f, _ in held)
+            if floor:
+                shares[:n_labels] += floor * sum(h for _, h in held) / len(held)
+        shares /= self.total
+        return float(shares.sum()), shares
 
 
 def group_costs(analysis) -> tuple[np.ndarray, np.ndarray]:
