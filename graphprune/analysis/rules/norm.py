@@ -1,5 +1,6 @@
 """Normalisations. Per-channel ones (BatchNorm, InstanceNorm) slice their parameters; GroupNorm cuts whole
-groups; norms whose statistics run over the channel axis (LayerNorm, LpNorm, LRN) freeze it."""
+groups; norms whose statistics run over the channel axis (LayerNorm, LpNorm, LRN, GroupNorm with one group,
+also as torch exports it: Reshape to [N, 1, -1] -> InstanceNormalization) freeze it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,33 @@ def _identity_all(ctx, x, y, skip=()):
             ctx.tie(x, ax, y, ax)
 
 
+def _one_group_norm(ctx, x) -> bool:
+    """True when x is [N, 1, ...] made by a Reshape: torch's export of GroupNorm(1, C), which reshapes
+    [N, C, ...] to [N, 1, -1] so that one InstanceNormalization normalises all channels together."""
+    sx = ctx.shape(x)
+    p = ctx.view.producer.get(x)
+    return sx is not None and len(sx) >= 3 and sx[1] == 1 and p is not None and ctx.view.nodes[p].op_type == "Reshape"
+
+
+def _instance_norm_axes(ctx, x) -> None:
+    """InstanceNormalization's statistics run over axes 2.. of every (sample, channel): those axes mix
+    values. In a CNN they are spatial (never cut anyway). Torch's GroupNorm export reshapes [N, C, ...]
+    to [N, G, -1] first: with G > 1 whole groups are cut through axis 1, but with G = 1 every channel
+    lives on the normalised axis, and cutting one changes the statistics of all the others."""
+    one_group = _one_group_norm(ctx, x)
+    for ax in range(2, ctx.rank(x)):
+        if one_group:
+            ctx.mark(x, ax, "hidden")
+            if ctx.options.prune_hidden:
+                continue
+            why = (f"GroupNorm with one group ('{ctx.name}', exported as Reshape to [N, 1, -1] and "
+                   f"InstanceNormalization) normalises over all channels at once: cutting channels changes "
+                   f"its statistics (opt in with --prune-hidden)")
+        else:
+            why = f"{ctx.op} '{ctx.name}' normalises over axis {ax} (its statistics mix the values along it)"
+        ctx.fix(x, ax, why, BY_DESIGN)
+
+
 @register("norm", "BatchNormalization", "InstanceNormalization")
 def per_channel_norm(ctx):
     """BatchNormalization / InstanceNormalization: channel-wise, parameters indexed by axis 1."""
@@ -23,6 +51,8 @@ def per_channel_norm(ctx):
         ctx.freeze_node(f"{ctx.op} '{ctx.name}': input shape unknown")
         return
     _identity_all(ctx, x, y)
+    if ctx.op == "InstanceNormalization":
+        _instance_norm_axes(ctx, x)
     for p in ctx.inputs[1:]:
         if p:
             ctx.tie(p, 0, y, 1)
@@ -39,7 +69,7 @@ def rewrite_group_norm(rctx):
     groups = rctx.attr("num_groups")
     old_c = rctx.old_shape(node.input[0])[1]
     new_c = rctx.new_dim(node.input[0], 1)
-    if new_c != old_c:
+    if new_c != old_c and groups > 1:  # one group (cut under --prune-hidden) stays one group
         rctx.set_attr("num_groups", new_c // (old_c // groups))
 
 
@@ -54,6 +84,18 @@ def group_norm(ctx):
     c, g = sx[1], ctx.attr("num_groups")
     per = c // g
     _identity_all(ctx, x, y)
+    if g == 1:
+        # One group: the statistics run over every channel, like LayerNorm over a hidden axis.
+        ctx.mark(x, 1, "hidden")
+        if not ctx.options.prune_hidden:
+            ctx.fix(x, 1, f"GroupNorm with one group ('{ctx.name}') normalises over all channels at once: "
+                          f"cutting channels changes its statistics (opt in with --prune-hidden)", BY_DESIGN)
+        for p in (scale, bias):
+            if p and ctx.shape(p)[0] == c:
+                ctx.tie(p, 0, y, 1)
+            elif p:
+                ctx.fix_tensor(p)  # opset 18: one value for the one group
+        return
     idx = np.arange(c)
     ctx.tie(x, 1, x, 1, idx, (idx // per) * per)
     for p in (scale, bias):
