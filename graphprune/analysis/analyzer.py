@@ -387,8 +387,9 @@ class _Analyzer:
                     conv = conv or role.kind == "consumer" or not linear
                 else:
                     linear = True
-                if role.kind == "producer" and sp.size > n_units:
-                    multi = True
+                rule = registry.lookup(self.view.nodes[role.node].domain, op)
+                if role.kind == "producer" and sp.size > n_units and rule.family != "recurrent":
+                    multi = True  # several elements per unit: heads (a recurrent layer's are its gates)
         if linear and not conv:
             return "head" if multi else "mlp"
         return "channel"

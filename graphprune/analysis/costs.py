@@ -1,6 +1,6 @@
 """Parameters and multiply-accumulates: of a model, of one node, as a function of a cut, and at stake per
 channel group. The one home of this knowledge; the per-op MAC formulas are hooks on the rule table
-(`Rule.macs`, registered by the conv and linear rules).
+(`Rule.macs`, registered by the conv, linear and recurrent rules).
 """
 
 from __future__ import annotations
@@ -27,22 +27,25 @@ class ModelStats:
 
 
 
-def node_macs_and_axes(view: GraphView, i: int) -> tuple[int, list[tuple[str, int]]]:
-    """Multiply-accumulates of node i (0 when its op has none or shapes are unknown) and the (tensor, axis)
-    channel axes the count is proportional to (it scales with the kept fraction of each)."""
+def node_mac_terms(view: GraphView, i: int) -> list[tuple[int, list[tuple[str, int]]]]:
+    """Multiply-accumulates of node i as terms (macs, the (tensor, axis) channel axes the term is
+    proportional to: it scales with the kept fraction of each). A hook gives one term, or a list where
+    parts of the count scale differently (a recurrent layer's input and recurrence). No terms when the op
+    has no MACs or a shape the formula needs is unknown."""
     node = view.nodes[i]
     rule = registry.lookup(node.domain, node.op_type)
     if rule is None or rule.macs is None:
-        return 0, []
+        return []
     try:
-        macs, axes = rule.macs(view, node)
-        return int(macs), axes
+        terms = rule.macs(view, node)
+        terms = terms if isinstance(terms, list) else [terms]
+        return [(int(macs), axes) for macs, axes in terms]
     except (TypeError, IndexError):  # a shape the formula needs is unknown
-        return 0, []
+        return []
 
 
 def node_macs(view: GraphView, i: int) -> int:
-    return node_macs_and_axes(view, i)[0]
+    return sum(macs for macs, _ in node_mac_terms(view, i))
 
 
 def weight_sizes(view: GraphView) -> list[tuple[str, int, int]]:
@@ -79,9 +82,9 @@ class CostModel:
         terms: list[tuple[float, list]] = []
         if what == "macs":
             for i in range(len(view.nodes)):
-                base, axes = node_macs_and_axes(view, i)
-                if base:
-                    terms.append((float(base), self._spaces(axes)))
+                for base, axes in node_mac_terms(view, i):
+                    if base:
+                        terms.append((float(base), self._spaces(axes)))
         else:
             for name, size, rank in weight_sizes(view):
                 terms.append((float(size), self._spaces([(name, ax) for ax in range(rank)])))

@@ -4,8 +4,8 @@ A rule's `analyze(ctx)` says, for every axis of the node's inputs and outputs, h
 (identity or an index map), which axes are fixed (never pruned) and why, and which weight axes produce or
 consume channels. Its optional hooks hold the rest of what is known per op:
 - `rewrite(rctx)` updates attributes and shape constants once the kept channels are known;
-- `macs(view, node)` gives the node's multiply-accumulates and the channel axes they scale with
-  (analysis/costs.py, the one MAC counter);
+- `macs(view, node)` gives the node's multiply-accumulates and the channel axes they scale with, or a
+  list of such terms where parts scale differently (analysis/costs.py, the one MAC counter);
 - `masked_weight(view, node_index, input_index, axis, keep)` gives the oracle a weight with the removed
   channels masked, for weights a 0/1 multiplication cannot mask (integer, quantized).
 Anything a rule does not describe is frozen: the tool never guesses.
