@@ -54,7 +54,7 @@ class ZooEntry:
     description: str
     input_names: tuple[str, ...] = ("input",)
     output_names: tuple[str, ...] = ("logits",)
-    task: str = "classification"  # classification | segmentation | detection
+    task: str = "classification"  # classification | segmentation | detection | recognition (CTC)
     full_size: bool = False  # large config (benchmarks only; not in CNN_MODELS)
 
     def build(
@@ -121,6 +121,18 @@ _ENTRIES = [
     _entry("vgg", "VGG-BN conv stack + max-pools, flatten -> Linear -> ReLU -> Dropout -> Linear -> Linear"),
     _entry("conv1d", "1-D conv net with residual blocks on [N, 4, 128] sequences, BN, ReLU, GAP, Linear"),
     _entry("conv3d", "3-D conv net on [N, 3, 8, 32, 32] volumes, BN, ReLU, 3-D max-pool, residual, Linear"),
+    _entry(
+        "crnn",
+        "CRNN text recogniser: conv-BN-ReLU-pool to height 1, squeeze, 2-layer BiLSTM, Linear, CTC log-probs, 1x16x64",
+        output_names=("log_probs",),
+        task="recognition",
+    ),
+    _entry(
+        "crnn_gru",
+        "CRNN with a 2-layer BiGRU, sequence made by a run-time-shape reshape, CTC log-probs, 1x16x64",
+        output_names=("log_probs",),
+        task="recognition",
+    ),
     # full-size configurations (benchmarks)
     _entry("resnet50_full", "ResNet-50, ImageNet config, 3x224x224, 1000 classes", full_size=True),
     _entry("resnext50_full", "ResNeXt-50 32x4d, ImageNet config, 3x224x224", full_size=True),
@@ -163,6 +175,7 @@ _CNN_SOURCES = (
     "cnn_classic.py",
     "cnn_mobile.py",
     "cnn_dense.py",
+    "cnn_recurrent.py",
 )
 
 

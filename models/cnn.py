@@ -1,7 +1,7 @@
 """CNN architectures of the zoo and the configurations the registry exposes.
 
-The architectures live in :mod:`models.cnn_classic`, :mod:`models.cnn_mobile` and
-:mod:`models.cnn_dense` (re-exported here). This module holds the *builders*: functions
+The architectures live in :mod:`models.cnn_classic`, :mod:`models.cnn_mobile`,
+:mod:`models.cnn_dense` and :mod:`models.cnn_recurrent` (re-exported here). This module holds the *builders*: functions
 ``build_<name>(batch=1) -> (module, example_inputs)`` with the small default configurations
 (fast to export and to run in ONNX Runtime) and the full-size ``*_full`` ones.
 
@@ -43,6 +43,7 @@ from .cnn_mobile import (
     ShuffleUnit,
     channel_shuffle,
 )
+from .cnn_recurrent import CRNN
 
 __all__ = [
     # architectures
@@ -73,6 +74,7 @@ __all__ = [
     "SPPF",
     "Detect",
     "YoloC2f",
+    "CRNN",
     # builders
     "BUILDERS",
 ]
@@ -204,6 +206,16 @@ def build_conv1d(batch: int = 1) -> Built:
 def build_conv3d(batch: int = 1) -> Built:
     m = Conv3dNet(in_channels=3, widths=(8, 16, 32), num_classes=10)
     return m, (torch.randn(batch, 3, 8, 32, 32),)
+
+
+def build_crnn(batch: int = 1) -> Built:
+    m = CRNN(in_channels=1, widths=(16, 32, 64, 64), hidden=48, num_classes=20, rnn="lstm")
+    return m, (torch.randn(batch, 1, 16, 64),)
+
+
+def build_crnn_gru(batch: int = 1) -> Built:
+    m = CRNN(in_channels=1, widths=(16, 32, 64, 64), hidden=48, num_classes=20, rnn="gru", to_sequence="reshape")
+    return m, (torch.randn(batch, 1, 16, 64),)
 
 
 # --------------------------------------------------------------------------- full-size configs

@@ -251,13 +251,15 @@ def clear_memo() -> None:
 @contextlib.contextmanager
 def _quiet_dynamo_exporter() -> Iterator[None]:
     """Silence known-harmless noise: the op registry's "torchvision is not installed"
-    warnings and a torch-internal pytree FutureWarning."""
+    warnings, a torch-internal pytree FutureWarning and the recurrent modules' flat-weights notice."""
     reg_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = reg_logger.level
     reg_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            # nn.LSTM / nn.GRU re-assign their flat weight list while torch.export traces them
+            warnings.filterwarnings("ignore", category=UserWarning, message=".*were assigned during export.*")
             yield
     finally:
         reg_logger.setLevel(level)

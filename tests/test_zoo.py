@@ -46,6 +46,8 @@ EXPECTED_MODELS = [
     "vgg",
     "conv1d",
     "conv3d",
+    "crnn",
+    "crnn_gru",
 ]
 # Models whose BatchNorms all follow a Conv (so folding removes every BN node).
 # DenseNet's pre-activation BNs read a Concat / the stem-less block input and must survive.

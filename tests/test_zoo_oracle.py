@@ -63,3 +63,25 @@ def test_batchnorm_kept_exports(name):
     model = onnx.load(str(get_model(name, keep_bn=True)))
     assert any(n.op_type == "BatchNormalization" for n in model.graph.node)
     assert_oracle(model, seed=3)
+
+
+@pytest.mark.parametrize("name,op", [("crnn", "LSTM"), ("crnn_gru", "GRU")])
+def test_crnn_prunes_recurrent_hidden_and_the_convolutions_feeding_it(name, op, exporter):
+    """The text recogniser at ratio 0.5: both recurrent layers lose hidden units (hidden_size rewritten),
+    the last convolution (which feeds the sequence through Squeeze or a run-time-shape Reshape) loses
+    channels, and the oracle passes."""
+    model = onnx.load(str(get_model(name, exporter=exporter)))
+    res = graphprune.prune(model, ratio=0.5)
+    assert res.report.validation["oracle_max_abs_diff"] is not None
+    rnn = [res.analysis.view.names[i] for i, n in enumerate(res.analysis.view.nodes) if n.op_type == op]
+    assert len(rnn) == 2
+    for node in rnn:
+        hidden = next(g for g in res.analysis.prunable if node in g.producers)
+        assert len(res.plan.cuts[hidden.key].removed) >= hidden.size // 4
+    feeding = next(g for g in res.analysis.prunable if rnn[0] in g.consumers)
+    assert any(res.analysis.view.nodes[res.analysis.view.names.index(p)].op_type == "Conv" for p in feeding.producers)
+    assert len(res.plan.cuts[feeding.key].removed) >= feeding.size // 4
+    for node in res.model.graph.node:
+        if node.op_type == op:
+            hs = next(a.i for a in node.attribute if a.name == "hidden_size")
+            assert hs < 48
