@@ -204,6 +204,21 @@ def _drift_sources(cut) -> set[int]:
     return out
 
 
+def _skip_unfittable(cut, info: dict) -> None:
+    """Layers whose weights read removed channels but that are no Conv, Gemm or MatMul (LSTM/GRU/RNN,
+    quantized and fused ops): compensation cannot re-fit them, so they stay as pruned, and the report lists
+    them with that reason (`skipped`)."""
+    analysis = cut.analysis
+    view = analysis.view
+    for role in analysis.roles:
+        if role.kind != "consumer" or not role.weight or not cut.touches(analysis.spaces.spaces[role.space]):
+            continue
+        node = view.nodes[role.node]
+        if node.op_type not in ("Conv", "Gemm", "MatMul") and node.output and node.output[0]:
+            info["skipped"].setdefault(node.output[0], f"{node.op_type} layers are not re-fit (only Conv, Gemm "
+                                                       "and MatMul are); left as pruned")
+
+
 def _downstream(view, sources: set[int]) -> set[str]:
     """Tensors whose values change downstream of the source nodes (their outputs included)."""
     changed: set[str] = set()
@@ -229,6 +244,7 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
     unread: dict[str, str] = {}
     orig_layers = linear_layers(original, shapes, unread)
     sources = _drift_sources(cut)
+    _skip_unfittable(cut, info)
     changed = _downstream(view, sources)
     mixing = {view.nodes[i].output[0] for i in sources}  # layers whose kept outputs read removed channels
     plan: dict[str, tuple[str, LinearLayer, LinearLayer, np.ndarray]] = {}

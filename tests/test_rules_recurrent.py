@@ -16,15 +16,18 @@ SEQ, BATCH, IN, FEAT, HID = 5, 2, 6, 10, 12
 
 
 def _recurrent_model(op="LSTM", direction="forward", layout=0, states="none", use_state_outputs=False,
-                     peepholes=False, bias=True, **attrs):
+                     peepholes=False, bias=True, batch_first_input=False, **attrs):
     """MatMul (features) -> op -> Y to [.., D*H] -> MatMul, optionally with initial states and Y_h / Y_c
     read by a second head. `states`: "none", "const" (initializers) or "computed" (from a MatMul on a
-    second input)."""
+    second input). `batch_first_input`: the graph input is [batch, seq, in], transposed for layout 0."""
     g = GraphBuilder(seed=1)
     d = 2 if direction == "bidirectional" else 1
     gates = GATES[op]
     lstm = op == "LSTM"
-    x = g.input("x", [SEQ, BATCH, IN] if layout == 0 else [BATCH, SEQ, IN])
+    if batch_first_input and layout == 0:
+        x = g.op("Transpose", [g.input("x", [BATCH, SEQ, IN])], perm=[1, 0, 2])
+    else:
+        x = g.input("x", [SEQ, BATCH, IN] if layout == 0 else [BATCH, SEQ, IN])
     f = g.op("Relu", [g.matmul(x, IN, FEAT, name="pre")])
     ins = [f, g.weight([d, gates * HID, FEAT], "rnn.W"), g.weight([d, gates * HID, HID], "rnn.R")]
     ins.append(g.weight([d, 2 * gates * HID], "rnn.B") if bias else "")
@@ -259,3 +262,35 @@ def test_torch_recurrent_oracle(op, bidirectional, with_states, exporter):
         a, p, removed = assert_oracle(m, seed=seed, min_prunable=n_groups)
         for n in nodes:
             assert attr(p, n.name, "hidden_size") < HID
+
+
+def test_calibrated_prune_scores_and_reports_uncompensated_recurrent_layer():
+    """With calibration data: scoring falls back to weight magnitude for the groups an LSTM reads (it is
+    not a linear layer with input statistics), the linear layers are re-fit, and the report lists the
+    LSTM as not re-fit, with why (JSON and terminal)."""
+    import io
+
+    from rich.console import Console
+
+    import graphprune
+    from graphprune.render import print_quality
+
+    m = _recurrent_model("LSTM", direction="bidirectional", states="computed", use_state_outputs=True,
+                         batch_first_input=True)
+    rng = np.random.default_rng(0)
+    calib = {"x": rng.standard_normal((32, SEQ, IN)).astype(np.float32),
+             "z": rng.standard_normal((32, 4)).astype(np.float32)}
+    res = graphprune.prune(m, calib=calib, ratio=0.5)
+    q = res.report.quality
+    hidden = group_of(res.analysis, "rnn", "producer")
+    features = group_of(res.analysis, "pre", "producer")
+    assert {hidden.key, features.key} <= set(q["scoring"]["magnitude_fallback"])
+    assert len(res.plan.cuts[hidden.key].removed) > 0 and len(res.plan.cuts[features.key].removed) > 0
+    comp = q["compensation"]
+    rnn_out = next(n.output[0] for n in m.graph.node if n.name == "rnn")
+    assert "LSTM layers are not re-fit" in comp["skipped"][rnn_out]
+    assert [y for y, why in comp["skipped"].items() if "LSTM" in why] == [rnn_out]
+    assert comp["layers"]  # the heads reading the cut hidden units are re-fit
+    buf = io.StringIO()
+    print_quality(res.report, Console(file=buf, width=200))
+    assert "not re-fit: 1 layer: LSTM layers are not re-fit" in buf.getvalue()
