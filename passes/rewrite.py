@@ -57,6 +57,13 @@ class RewriteContext:
                 self.node.attribute.remove(a)
                 return
 
+    def drop_input(self, k: int):
+        """Omit optional input k (trailing omitted inputs are removed); what only fed it is removed too."""
+        self.node.input[k] = ""
+        while self.node.input and not self.node.input[-1]:
+            self.node.input.pop()
+        self._s.rewired = True
+
     def set_input_const(self, k: int, value: np.ndarray):
         name = self.node.input[k] if k < len(self.node.input) else ""
         self._s.set_const(name, self.index, k, value)

@@ -294,3 +294,69 @@ def test_calibrated_prune_scores_and_reports_uncompensated_recurrent_layer():
     buf = io.StringIO()
     print_quality(res.report, Console(file=buf, width=200))
     assert "not re-fit: 1 layer: LSTM layers are not re-fit" in buf.getvalue()
+
+
+# ---- exporters' idioms: default zero states, a sequence made by a run-time-shape Reshape -----------------------
+
+
+def _zero_state_model(kind):
+    """Two stacked LSTMs whose initial states are zeros built from the run-time batch size, the way the
+    exporters write the default state: "constantofshape" (TorchScript: ConstantOfShape([2 layers, batch,
+    H]) sliced per layer) or "expand" (dynamo: Expand(0., [layers, batch, H]) sliced per layer)."""
+    g = GraphBuilder(seed=3)
+    x = g.input("x", [SEQ, BATCH, IN])
+    f = g.op("Relu", [g.matmul(x, IN, FEAT, name="pre")])
+    batch = g.op("Gather", [g.op("Shape", [x]), g.ints([1])], axis=0)
+    shape = g.op("Concat", [g.ints([2]), batch, g.ints([HID])], axis=0)
+    if kind == "constantofshape":
+        zeros = g.op("ConstantOfShape", [shape], value=onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.0]))
+    else:
+        zeros = g.op("Expand", [g.const(np.zeros([1], np.float32)), shape])
+    h = f
+    for layer, width in enumerate((FEAT, HID)):
+        state = g.op("Slice", [zeros, g.ints([layer]), g.ints([layer + 1]), g.ints([0])])
+        y, _, _ = g.op("LSTM", [h, g.weight([1, 4 * HID, width], f"l{layer}.W"), g.weight([1, 4 * HID, HID]),
+                                g.weight([1, 8 * HID]), "", state, state], n_out=3, name=f"lstm{layer}",
+                       hidden_size=HID)
+        h = g.op("Squeeze", [y, g.ints([1])])
+    g.output(g.matmul(h, HID, 7, name="head"))
+    return g.model()
+
+
+@pytest.mark.parametrize("kind", ["constantofshape", "expand"])
+def test_zero_initial_states_are_dropped_not_tied(kind):
+    """A zero state built from the run-time batch size does not freeze the hidden size (ConstantOfShape
+    fixes its axes) nor tie the two layers through the shared zeros: each layer is its own group, and the
+    rewrite drops the state (ONNX's default is the same zeros) and the nodes that only built it."""
+    m = _zero_state_model(kind)
+    a = run_analysis(m)
+    assert not group_of(a, "lstm0", "producer").frozen and not group_of(a, "lstm1", "producer").frozen
+    assert group_of(a, "lstm0", "producer") is not group_of(a, "lstm1", "producer")
+    a, p, removed = assert_oracle(m, min_prunable=3)
+    for name in ("lstm0", "lstm1"):
+        node = next(n for n in p.graph.node if n.name == name)
+        assert len(node.input) <= 5 or not any(node.input[5:7])  # initial_h, initial_c omitted
+    assert not any(n.op_type in ("ConstantOfShape", "Expand", "Slice") for n in p.graph.node)
+
+
+def test_sequence_from_a_run_time_shape_reshape():
+    """CRNN's reshape(n, c * h, w) with h == 1, its shape read at run time (Shape -> Gather -> Mul ->
+    Concat): the convolution feeding the sequence stays prunable, and the pruned model computes the new
+    shape itself."""
+    g = GraphBuilder(seed=4)
+    x = g.input("x", [1, 3, 1, SEQ])
+    f = g.op("Relu", [g.conv(x, 3, FEAT, k=1, name="conv")])  # [1, C, 1, W]
+    shp = g.op("Shape", [f])
+    n, c, h, w = (g.op("Gather", [shp, g.ints([i])], axis=0) for i in range(4))
+    flat = g.op("Reshape", [f, g.op("Concat", [n, g.op("Mul", [c, h]), w], axis=0)])  # [1, C, W]
+    seq = g.op("Transpose", [flat], perm=[2, 0, 1])  # [W, 1, C]
+    y, _ = g.op("LSTM", [seq, g.weight([1, 4 * HID, FEAT]), g.weight([1, 4 * HID, HID])], n_out=2, name="rnn",
+                hidden_size=HID)
+    g.output(g.matmul(g.op("Squeeze", [y, g.ints([1])]), HID, 5, name="head"))
+    m = g.model()
+    a = run_analysis(m)
+    conv = group_of(a, "conv", "producer")
+    assert not conv.frozen and conv.consumers == ["rnn"]
+    a, p, removed = assert_oracle(m, min_prunable=2)
+    assert len(kept(a, removed, "conv.W", 0)) < FEAT
+    assert any(n.op_type == "Mul" for n in p.graph.node)  # still computed at run time

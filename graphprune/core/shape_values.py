@@ -95,6 +95,14 @@ def shape_entries(view, tensor: str, reader: int, reader_input: int, depth: int 
             if base is not None and all(isinstance(e, DimEntry) for e in base):
                 f = int(np.ravel(c)[0])
                 return [ScaledDimEntry(None if e.value is None else e.value * f, e.tensor, e.axis, f) for e in base]
+        # dim * a dim of size 1, as in CRNN's reshape(n, c * h, w) with h == 1: the other dim, unchanged
+        for k in (0, 1):
+            one = shape_entries(view, node.input[1 - k], p, 1 - k, depth + 1)
+            if one is None or len(one) != 1 or not isinstance(one[0], DimEntry) or one[0].value != 1:
+                continue
+            base = shape_entries(view, node.input[k], p, k, depth + 1)
+            if base is not None and all(isinstance(e, DimEntry) for e in base):
+                return base
         return _folded(view, tensor)
     if op == "Shape":
         src = node.input[0]

@@ -7,6 +7,8 @@ Y_h, Y_c, initial_h and initial_c. The directions are tied: one `hidden_size` at
 Y stacks them into one rectangular tensor, so hidden unit h is cut in both directions at once (the usual
 Transpose + Reshape after a bidirectional layer then maps features d*H + h to unit h). GRU's
 linear_before_reset only moves where R's h block is multiplied by the reset gate: the slicing is the same.
+An initial state that is all zeros by construction (exporters build the default one from the run-time batch
+size) is not tied: the rewrite drops it, which ONNX defines as the same zero state.
 The sequence axis is mixed by the recurrence and the direction axis is not a channel: both keep every
 element.
 """
@@ -14,6 +16,7 @@ element.
 from __future__ import annotations
 
 import numpy as np
+from onnx.numpy_helper import to_array as onnx_numpy
 
 from ..registry import register
 
@@ -37,6 +40,36 @@ def _tensors(ctx):
     }
 
 
+# Ops that only move, copy or select the values of their first input: zeros stay zeros.
+_VALUE_PRESERVING = ("Slice", "Expand", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Cast", "Transpose", "Tile",
+                     "Gather", "Flatten")
+
+
+def zero_state(view, tensor: str, depth: int = 0) -> bool:
+    """True when an initial state is all zeros by construction (a zero constant, or ConstantOfShape /
+    Expand / Slice ... of one, as exporters build the default state from the run-time batch size). Such a
+    state is the same as no state, so it need not follow the hidden cut: the rewrite drops it instead."""
+    if not tensor or depth > 12:
+        return False
+    v = view.const_value(tensor) if view.is_constant(tensor) else None
+    if v is not None:
+        return v.size > 0 and not np.any(v)
+    p = view.producer.get(tensor)
+    if p is None:
+        return False
+    node = view.nodes[p]
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type == "ConstantOfShape":
+        value = view.attr(node, "value")
+        return value is None or not np.any(np.asarray(onnx_numpy(value)))
+    if node.op_type in _VALUE_PRESERVING:
+        return zero_state(view, node.input[0], depth + 1)
+    if node.op_type == "Concat":
+        return all(zero_state(view, t, depth + 1) for t in node.input if t)
+    return False
+
+
 def _blocks(ctx, tensor, axis, n_blocks, h, hidden_ref):
     """Tie element k of a gate-blocked axis (n_blocks blocks of h) to hidden unit k % h."""
     idx = np.arange(n_blocks * h)
@@ -44,10 +77,16 @@ def _blocks(ctx, tensor, axis, n_blocks, h, hidden_ref):
 
 
 def rewrite_recurrent(rctx):
-    """`hidden_size` follows the kept columns of R."""
-    new = rctx.new_dim(rctx.node.input[2], 2)
-    if new != rctx.old_shape(rctx.node.input[2])[2]:
-        rctx.set_attr("hidden_size", int(new))
+    """`hidden_size` follows the kept columns of R; an all-zero initial state (not tied to the cut) is
+    dropped, which means the same."""
+    node = rctx.node
+    new = rctx.new_dim(node.input[2], 2)
+    if new == rctx.old_shape(node.input[2])[2]:
+        return
+    rctx.set_attr("hidden_size", int(new))
+    for k in (5, 6) if node.op_type == "LSTM" else (5,):
+        if k < len(node.input) and zero_state(rctx.view, node.input[k]):
+            rctx.drop_input(k)
 
 
 def recurrent_macs(view, node):
@@ -92,7 +131,7 @@ def recurrent(ctx):
     if t["p"]:
         _blocks(ctx, t["p"], 1, 3, h, r)
     for k in ("y", "yh", "yc", "h0", "c0"):
-        if t[k] and ctx.rank(t[k]) is not None:
+        if t[k] and ctx.rank(t[k]) is not None and not (k in ("h0", "c0") and zero_state(ctx.view, t[k])):
             ctx.tie(t[k], ctx.rank(t[k]) - 1, r, 2)
     # Direction axes are not channels; the sequence axis is mixed by the recurrence.
     for k in ("w", "r", "b", "p"):
@@ -102,6 +141,10 @@ def recurrent(ctx):
     ctx.fix(x, seq_x)
     for k, key in (("y", "y"), ("yh", "state"), ("yc", "state"), ("h0", "state"), ("c0", "state")):
         if not t[k] or ctx.rank(t[k]) is None:
+            continue
+        if k in ("h0", "c0") and zero_state(ctx.view, t[k]):
+            for ax in ctx.axes(t[k]):
+                ctx.free(t[k], ax)  # a zero state is dropped by the rewrite when the hidden size shrinks
             continue
         seq, direction, batch = axes[key]
         if seq >= 0:
