@@ -2,14 +2,20 @@
 
 When an operand is a constant (a weight, possibly seen through Transpose/Cast/Identity), its contraction
 axis consumes channels and its other matrix axis produces them. Two activations (attention's Q·Kᵀ and
-P·V) are handled by the same ties.
+P·V) are handled by the same ties, and their axes are marked: the batch axes are attention heads, the axis
+Q·Kᵀ contracts and the axis P·V keeps from V are the dimension inside a head. Reshapes read these marks to
+cut whole heads (or, with --prune-head-dim, head dimensions), and groups holding them are of kind "head".
 """
 
 from __future__ import annotations
 
 import math
 
+from ..reasons import BY_DESIGN
 from ..registry import register
+from .elementwise import BROADCAST, UNARY
+
+_PASS_THROUGH = frozenset(UNARY) | frozenset(BROADCAST)  # ops between a Softmax and P·V (Cast, Dropout, Where)
 
 
 def _roles(ctx, operand, k_axis, n_axis):
@@ -62,6 +68,49 @@ def gemm(ctx):
         ctx.role("consumer", a, a_k)
 
 
+def _from_softmax(ctx, tensor, depth: int = 6) -> bool:
+    """Is `tensor` a softmax's output, seen through elementwise ops (Cast, Dropout, sdpa's Where(IsNaN))."""
+    view = ctx.view
+    todo, seen = [tensor], set()
+    while todo and depth > 0:
+        depth -= 1
+        nxt = []
+        for t in todo:
+            p = view.producer.get(t)
+            if p is None or t in seen:
+                continue
+            seen.add(t)
+            node = view.nodes[p]
+            if node.op_type in ("Softmax", "LogSoftmax"):
+                return True
+            if node.op_type in _PASS_THROUGH:
+                nxt += [i for i in node.input if i and not view.is_constant(i)]
+        todo = nxt
+    return False
+
+
+def _mark_attention(ctx, a, a_k, b, b_k, b_n, y, y_n, n_batch):
+    """Q·Kᵀ or P·V (two activations with batch axes): the batch axes are heads; the head dimension is what
+    Q·Kᵀ contracts, or what P·V keeps from V (P·V's contraction is the key sequence, not a channel)."""
+    for ax in range(n_batch):
+        ctx.mark(y, ax, "head")
+    if _from_softmax(ctx, a):
+        dims = [(b, b_n), (y, y_n)] if b_n is not None else []
+    else:
+        dims = [(a, a_k), (b, b_k)]
+    _head_dims(ctx, dims, n_batch)
+
+
+def _head_dims(ctx, dims, n_batch):
+    """Mark the dimension inside heads; with batch and head axes both there (multi-head attention), keep it
+    whole unless --prune-head-dim: default options cut whole heads only."""
+    for t, ax in dims:
+        ctx.mark(t, ax, "head_dim")
+        if n_batch >= 2 and not ctx.options.prune_head_dim:
+            ctx.fix(t, ax, f"{ctx.op} '{ctx.name}' reads axis {ax} of '{t}' as the dimension inside attention "
+                           "heads: it is cut only with --prune-head-dim", BY_DESIGN)
+
+
 @register("linear", "MatMul", macs=matmul_macs)
 def matmul(ctx):
     """MatMul with numpy semantics: [..., M, K] · [..., K, N], batch axes broadcast."""
@@ -97,3 +146,6 @@ def matmul(ctx):
         _roles(ctx, a, a_k, a_m)
     else:
         ctx.role("consumer", a, a_k)
+        if nb_y > 0:
+            _mark_attention(ctx, a, a_k, b, b_k, b_n, y, y_n, nb_y)
+

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...core.shape_values import ConstEntry, DimEntry, ScaledDimEntry, shape_entries
+from ...core.shape_values import ConstEntry, DimEntry, OtherEntry, ScaledDimEntry, shape_entries
 from ..reasons import BY_DESIGN
 from ..registry import register
+from ..spaces import connected_components, sorted_unique
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -85,7 +86,21 @@ def _big(shape, axes):
 
 
 def _pick_carrier(ctx, tensor, axes, shape, lookahead_perm=None):
-    """Which of several merged/split axes carries the channels."""
+    """Which of several merged/split axes carries the channels.
+
+    Attention axes decide first (RuleContext.attention_role): whole heads by default, the dimension inside
+    heads with --prune-head-dim, whatever else reaches a weight (multi-query attention's shared K/V, a
+    per-head-dim linear layer). An axis that keeps every channel anyway (RuleContext.always_kept: batch,
+    sequence) carries only if all do: its channels are all kept, and so would be those of the merged axis. Otherwise the channel-like axis, else the first
+    (NCHW and NHWC flatten), or the last of two with --prune-head-dim."""
+    roles = {ax: ctx.attention_role(tensor, ax) for ax in axes}
+    want = "head_dim" if ctx.options.prune_head_dim else "head"
+    marked = [ax for ax in axes if roles[ax] == want]
+    if len(marked) == 1:
+        return marked[0]
+    if not ctx.options.prune_head_dim:
+        axes = [ax for ax in axes if roles[ax] != "head_dim"] or axes
+    axes = [ax for ax in axes if not ctx.always_kept(tensor, ax)] or axes
     like = [ax for ax in axes if ctx.channel_like(tensor, ax)]
     if len(like) == 1:
         return like[0]
@@ -145,9 +160,13 @@ _REGROUP_LIMIT = 1 << 22  # elements of a regrouped block we are willing to enum
 
 
 def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
-    """Axes regrouped many-to-many (MobileViT's unfold: [C, H] -> [C*nH, ph]). The channel axis c on one
-    side is tied to an axis b on the other side when one coordinate is a function of the other over the
-    block's flat index: cutting c's value k then removes exactly the slices of b that map to k."""
+    """Axes regrouped many-to-many (MobileViT's unfold: [C, H] -> [C*nH, ph]; multi-head attention that
+    folds heads into the batch: [B, H*D] -> [B*H, D]). The channel axis c on one side is tied to an axis b
+    on the other side, each value of c to every value of b it shares an element of the block with: a unit
+    (connected values of c and b) then covers the same block elements on both sides, so cutting it removes
+    whole slices of c and of b, in the same order. b is the first axis that splits c into more than one
+    unit, attention heads first (RuleContext.attention_role), the dimension inside heads only under
+    --prune-head-dim."""
     din = [sx[a] for a in bi]
     dout = [sy[b] for b in bj]
     size = int(np.prod(din))
@@ -169,24 +188,24 @@ def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
         c_side, c_axes, c_coords, o_side, o_axes, o_coords = y, bj, cout, x, bi, cin
     c = (like_in or like_out)[0]
     cc = c_coords[c_axes.index(c)]
-    tied = None
-    for k, b in enumerate(o_axes):
-        oc = o_coords[k]
-        n_o, n_c = (sy[b] if o_side == y else sx[b]), (sx[c] if c_side == x else sy[c])
-        f = np.full(n_o, -1)
-        f[oc] = cc  # last write wins; check it is a function below
-        if np.array_equal(f[oc], cc):  # channel coordinate is a function of b's coordinate
-            ctx.tie(o_side, b, c_side, c, np.arange(n_o), f)
-            tied = b
-            break
-        g = np.full(n_c, -1)
-        g[cc] = oc
-        if np.array_equal(g[cc], oc):  # b's coordinate is a function of the channel coordinate
-            ctx.tie(c_side, c, o_side, b, np.arange(n_c), g)
-            tied = b
-            break
+    n_c = sx[c] if c_side == x else sy[c]
+    tied, inside_heads = None, False
+    for b in _regroup_order(ctx, o_side, o_axes):
+        oc = o_coords[o_axes.index(b)]
+        n_o = sy[b] if o_side == y else sx[b]
+        pairs = sorted_unique(cc * n_o + oc)
+        pc, pb = pairs // n_o, pairs % n_o
+        if len(sorted_unique(connected_components(n_c + n_o, pc, n_c + pb))) < 2:
+            continue  # every value of c meets every value of b: nothing to cut along b
+        if ctx.attention_role(o_side, b) == "head_dim" and not ctx.options.prune_head_dim:
+            inside_heads = True
+            continue
+        ctx.tie(c_side, c, o_side, b, pc, pb)
+        tied = b
+        break
     if tied is None:
-        ctx.fix(c_side, c, why)
+        ctx.fix(c_side, c, f"{why}: only the dimension inside attention heads follows its channels (cut with "
+                           "--prune-head-dim)" if inside_heads else why, BY_DESIGN if inside_heads else None)
     for a in c_axes:
         if a != c:
             ctx.fix(c_side, a, _non_carrier_reason(ctx, c_side, a))
@@ -195,7 +214,17 @@ def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
             ctx.fix(o_side, b, why if tied is None else _non_carrier_reason(ctx, o_side, b))
 
 
+def _regroup_order(ctx, t, axes):
+    """Axes to try for a regroup's tie: attention heads first (head dims first under --prune-head-dim)."""
+    first = "head_dim" if ctx.options.prune_head_dim else "head"
+    return sorted(axes, key=lambda ax: ctx.attention_role(t, ax) != first)
+
+
 def _non_carrier_reason(ctx, t, ax):
+    """Why an axis merged or split beside the carrier keeps its channels (None: it has none to cut)."""
+    if ctx.attention_role(t, ax) == "head_dim" and not ctx.options.prune_head_dim and ctx.channel_like(t, ax):
+        return ctx.refusal(f"{ctx.op} '{ctx.name}' keeps axis {ax} of '{t}', the dimension inside attention heads, "
+                           "whole (cut it with --prune-head-dim)", t, ax, BY_DESIGN)
     if ctx.channel_like(t, ax):
         return (f"{ctx.op} '{ctx.name}' merges axis {ax} of '{t}' with another channel axis; only one of them "
                 f"can be cut")
@@ -213,8 +242,9 @@ def _single_transpose_consumer(ctx, y):
     return None
 
 
-def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None):
-    """Make sure every output axis that may be cut has a shape entry the rewrite can follow."""
+def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None, broadcast=False):
+    """Make sure every output axis that may be cut has a shape entry the rewrite can follow. `broadcast`
+    (Expand): an entry that folds to 1 keeps the input's dim, whatever the cut."""
     shp = ctx.input(shape_input_index)
     for ax in ctx.axes(shp):
         ctx.fix(shp, ax)
@@ -231,6 +261,8 @@ def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None):
             if ctx.space(e.tensor, e.axis) is not None:
                 ctx.tie(y, ax, e.tensor, e.axis)
             continue
+        if broadcast and isinstance(e, OtherEntry) and e.value == 1:
+            continue  # e.g. ConstantOfShape(1): the axis is the input's, tied by the rule
         if isinstance(e, ScaledDimEntry) and e.value == ctx.space(y, ax).size and e.factor > 0:
             # The entry is factor * (a dim read at run time): each of those channels owns `factor`
             # consecutive elements here, so the computed size follows the cut by construction.
@@ -635,7 +667,7 @@ def expand(ctx):
         ctx.tie(x, ax, y, ry - rx + ax)
     for ax in range(ry):
         ctx.free(y, ax)
-    _check_shape_input(ctx, y, 1, allow_zero_from=None)
+    _check_shape_input(ctx, y, 1, allow_zero_from=None, broadcast=True)
 
 
 @register("layout", "Tile")
