@@ -6,7 +6,9 @@ on tiny torch modules exported with TorchScript, each checked by the oracle.
   one unit per head;
 - multi-query / grouped-query attention (GPTBigCode, LLaMA): K/V heads Expanded to the query heads; whole query
   heads are cut, nothing inside a head unless --prune-head-dim;
-- heads folded into the batch ([S, B*H, D], as F.multi_head_attention_forward and WavLM do): whole heads.
+- heads folded into the batch ([S, B*H, D], as F.multi_head_attention_forward and WavLM do): whole heads;
+- ConvBERT's span-based dynamic convolution: per-position, per-head kernels applied with a bmm over
+  [B*S*H, D, K], folded back through two reshapes before any weight: whole heads.
 """
 
 from __future__ import annotations
@@ -98,6 +100,28 @@ class HeadsInBatch(nn.Module):
         return self.o(y.transpose(0, 1).reshape(n * b, D)).view(n, b, 5)
 
 
+class SpanConv(nn.Module):
+    """ConvBERT's conv heads: v unfolded over 3 positions, [B*S*H, HD, 3] @ softmax kernel [B*S*H, 3, 1],
+    folded back to [B*S, H*HD], then to [B, S, H, HD] and concatenated with other heads along the head axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = nn.Linear(D, H * HD)
+        self.kernel = nn.Linear(D, H * 3)
+        self.other = nn.Linear(D, H * HD)
+        self.o = nn.Linear(2 * H * HD, 5)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        padded = nn.functional.pad(self.v(x), (0, 0, 1, 1))
+        unfolded = torch.stack([padded[:, k:k + n] for k in range(3)], -1)  # [B, S, H*HD, 3]
+        kernel = torch.softmax(self.kernel(x).view(b * n * H, 3, 1), 1)
+        y = torch.bmm(unfolded.reshape(b * n * H, HD, 3), kernel)  # [B*S*H, HD, 1]
+        y = y.reshape(b * n, H * HD).reshape(b, n, H, HD)
+        heads = torch.cat([self.other(x).view(b, n, H, HD), y], 2)
+        return self.o(heads.reshape(b, n, 2 * H * HD))
+
+
 def _export(module):
     torch.manual_seed(0)
     for p in module.parameters():
@@ -166,3 +190,16 @@ def test_heads_folded_into_batch():
     a, _, _ = assert_oracle(model, options=AnalysisOptions(prune_head_dim=True))
     assert [g.size for g in _groups(a, "head")] == [HD, HD]  # q·k dims, v dims
 
+
+
+def test_span_conv_heads():
+    model = _export(SpanConv())
+    a, _, _ = assert_oracle(model)
+    heads = [g for g in a.prunable if g.kind == "head"]
+    conv = [g for g in heads if any("kernel" in n for n in g.producers)]
+    # One unit per conv head: its HD outputs of v, its 3 kernel outputs, its HD inputs of the output projection.
+    assert len(conv) == 1 and conv[0].size == H
+    assert all(r.kind == "by_design" for g in a.frozen for r in g.refusals)  # graph input and output only
+    cut = a.cut(conv[0].units[:1])
+    assert cut.kept(_weight(model, "/v/MatMul"), 1).sum() == (H - 1) * HD
+    assert cut.kept(_weight(model, "/kernel/MatMul"), 1).sum() == (H - 1) * 3

@@ -91,10 +91,11 @@ def _pick_carrier(ctx, tensor, axes, shape, lookahead_perm=None):
     Attention axes decide first (RuleContext.attention_role): whole heads by default, the dimension inside
     heads with --prune-head-dim, whatever else reaches a weight (multi-query attention's shared K/V, a
     per-head-dim linear layer). An axis that keeps every channel anyway (RuleContext.always_kept: batch,
-    sequence) carries only if all do: its channels are all kept, and so would be those of the merged axis. Otherwise the channel-like axis, else the first
-    (NCHW and NHWC flatten), or the last of two with --prune-head-dim."""
+    sequence) carries only if all do: its channels are all kept, and so would be those of the merged axis.
+    Otherwise the channel-like axis, else the first (NCHW and NHWC flatten), or the last of two with
+    --prune-head-dim."""
     roles = {ax: ctx.attention_role(tensor, ax) for ax in axes}
-    want = "head_dim" if ctx.options.prune_head_dim else "head"
+    want = _wanted_role(ctx)
     marked = [ax for ax in axes if roles[ax] == want]
     if len(marked) == 1:
         return marked[0]
@@ -161,19 +162,19 @@ _REGROUP_LIMIT = 1 << 22  # elements of a regrouped block we are willing to enum
 
 def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
     """Axes regrouped many-to-many (MobileViT's unfold: [C, H] -> [C*nH, ph]; multi-head attention that
-    folds heads into the batch: [B, H*D] -> [B*H, D]). The channel axis c on one side is tied to an axis b
-    on the other side, each value of c to every value of b it shares an element of the block with: a unit
-    (connected values of c and b) then covers the same block elements on both sides, so cutting it removes
-    whole slices of c and of b, in the same order. b is the first axis that splits c into more than one
-    unit, attention heads first (RuleContext.attention_role), the dimension inside heads only under
-    --prune-head-dim."""
+    folds heads into the batch: [B, H*D] -> [B*H, D], and back). The channel axis c on one side (the
+    channel-like one, else the one marked as heads) is tied to an axis b on the other side, each value of c
+    to every value of b it shares an element of the block with: a unit (connected values of c and b) then
+    covers the same block elements on both sides, so cutting it removes whole slices of c and of b, in the
+    same order. b is an axis that splits c into more than one unit: attention heads first (the dimension
+    inside heads only under --prune-head-dim), never an axis pass A already keeps whole, then the one with
+    the fewest, widest units."""
     din = [sx[a] for a in bi]
     dout = [sy[b] for b in bj]
     size = int(np.prod(din))
     why = f"{ctx.op} '{ctx.name}' regroups axes {bi} into {bj}"
-    like_in = [a for a in bi if ctx.channel_like(x, a)]
-    like_out = [b for b in bj if ctx.channel_like(y, b)]
-    if size > _REGROUP_LIMIT or len(like_in) + len(like_out) != 1:
+    carrier = _regroup_carrier(ctx, x, y, bi, bj)
+    if size > _REGROUP_LIMIT or carrier is None:
         for a in bi:
             ctx.fix(x, a, why)
         for b in bj:
@@ -182,28 +183,31 @@ def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
     flat = np.arange(size)
     cin = np.stack(np.unravel_index(flat, din))
     cout = np.stack(np.unravel_index(flat, dout))
-    if like_in:
-        c_side, c_axes, c_coords, o_side, o_axes, o_coords = x, bi, cin, y, bj, cout
+    c_side, c = carrier
+    if c_side == x:
+        c_axes, c_coords, o_side, o_axes, o_coords = bi, cin, y, bj, cout
     else:
-        c_side, c_axes, c_coords, o_side, o_axes, o_coords = y, bj, cout, x, bi, cin
-    c = (like_in or like_out)[0]
+        c_axes, c_coords, o_side, o_axes, o_coords = bj, cout, x, bi, cin
     cc = c_coords[c_axes.index(c)]
     n_c = sx[c] if c_side == x else sy[c]
-    tied, inside_heads = None, False
-    for b in _regroup_order(ctx, o_side, o_axes):
-        oc = o_coords[o_axes.index(b)]
+    options, inside_heads = [], False
+    for k, b in enumerate(o_axes):
+        oc = o_coords[k]
         n_o = sy[b] if o_side == y else sx[b]
         pairs = sorted_unique(cc * n_o + oc)
         pc, pb = pairs // n_o, pairs % n_o
-        if len(sorted_unique(connected_components(n_c + n_o, pc, n_c + pb))) < 2:
-            continue  # every value of c meets every value of b: nothing to cut along b
+        units = len(sorted_unique(connected_components(n_c + n_o, pc, n_c + pb)))
+        if units < 2 or ctx.always_kept(o_side, b):
+            continue  # nothing to cut along b, or b keeps everything it is tied to
         if ctx.attention_role(o_side, b) == "head_dim" and not ctx.options.prune_head_dim:
             inside_heads = True
             continue
-        ctx.tie(c_side, c, o_side, b, pc, pb)
-        tied = b
-        break
-    if tied is None:
+        options.append((ctx.attention_role(o_side, b) != _wanted_role(ctx), units, k, b, pc, pb))
+    tied = None
+    if options:
+        *_, tied, pc, pb = min(options, key=lambda o: o[:3])
+        ctx.tie(c_side, c, o_side, tied, pc, pb)
+    else:
         ctx.fix(c_side, c, f"{why}: only the dimension inside attention heads follows its channels (cut with "
                            "--prune-head-dim)" if inside_heads else why, BY_DESIGN if inside_heads else None)
     for a in c_axes:
@@ -214,10 +218,19 @@ def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
             ctx.fix(o_side, b, why if tied is None else _non_carrier_reason(ctx, o_side, b))
 
 
-def _regroup_order(ctx, t, axes):
-    """Axes to try for a regroup's tie: attention heads first (head dims first under --prune-head-dim)."""
-    first = "head_dim" if ctx.options.prune_head_dim else "head"
-    return sorted(axes, key=lambda ax: ctx.attention_role(t, ax) != first)
+def _wanted_role(ctx) -> str:
+    """The attention axis channels follow: whole heads, or the dimension inside them with --prune-head-dim."""
+    return "head_dim" if ctx.options.prune_head_dim else "head"
+
+
+def _regroup_carrier(ctx, x, y, bi, bj):
+    """(tensor, axis) of a regroup's channel axis: the one channel-like axis, else the one head axis (of the
+    axes pass A does not keep whole)."""
+    for test in (ctx.channel_like, lambda t, ax: ctx.attention_role(t, ax) == _wanted_role(ctx)):
+        hits = [(t, a) for t, axes in ((x, bi), (y, bj)) for a in axes if test(t, a) and not ctx.always_kept(t, a)]
+        if hits:
+            return hits[0] if len(hits) == 1 else None
+    return None
 
 
 def _non_carrier_reason(ctx, t, ax):
