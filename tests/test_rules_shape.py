@@ -1,5 +1,6 @@
 """Layout rules: Concat/Split/Slice offsets, Flatten/Reshape blocks, Transpose, Squeeze/Unsqueeze,
-DepthToSpace/SpaceToDepth, channel shuffle, Gather, Expand; and the constants each rewrite edits."""
+DepthToSpace/SpaceToDepth, channel shuffle, Gather, GatherND, GatherElements, Expand; and the constants each
+rewrite edits."""
 
 import numpy as np
 import pytest
@@ -411,6 +412,77 @@ def test_gather_repeated_indices_frozen():
     g.output(g.conv(s, 4, 4, k=1, name="c2"))
     a = run_analysis(g.model())
     assert any("Gather 'ga' repeats or reorders" in r for r in group_of(a, "c1", "producer").reasons)
+
+
+def _nd_start():
+    """[3, 4, 8] -> MatMul -> [3, 4, 12]: channels on the last axis, rows on axis 0."""
+    g = GraphBuilder()
+    x = g.input("x", [3, 4, 8])
+    return g, g.op("Relu", [g.matmul(x, 8, 12, name="m1")])
+
+
+@pytest.mark.parametrize("indices", ["constant", "run-time"])
+def test_gather_nd_trailing_axes_pass_through(indices):
+    """Falcon/Swinv2 under dynamo: GatherND picks rows of axis 0; the slices it copies keep their channels."""
+    g, y = _nd_start()
+    if indices == "constant":
+        ind = g.ints([[0], [2]])
+    else:
+        ind = g.op("Cast", [g.op("Less", [g.input("sel", [2, 1]), g.const(np.float32(0.5))])], to=7)
+    s = g.op("GatherND", [y, ind], name="gnd")  # [2, 4, 12]
+    g.output(g.matmul(s, 12, 5, name="m2"))
+    m = g.model()
+    a = run_analysis(m)
+    grp = group_of(a, "m2", "consumer")
+    assert grp.producers == ["m1"] and not grp.frozen and grp.size == 12
+    if indices == "constant":
+        assert_oracle(m)
+
+
+def test_gather_nd_selects_channels_on_axis_0():
+    """k = 1 constant indices into axis 0: an index map, renumbered by the rewrite."""
+    g = GraphBuilder()
+    x = g.input("x", [4, 8])
+    y = g.op("Transpose", [g.op("Relu", [g.matmul(x, 8, 12, name="m1")])], perm=[1, 0])  # [12, 4]
+    idx = np.array([1, 3, 4, 7, 9, 10])
+    s = g.op("GatherND", [y, g.ints(idx[:, None], "idx")], name="gnd")  # [6, 4]
+    g.output(g.matmul(g.op("Transpose", [s], perm=[1, 0]), 6, 5, name="m2"))
+    m = g.model()
+    a = run_analysis(m)
+    sel = group_of(a, "m2", "consumer")
+    assert sel.producers == ["m1"] and sel.size == 6
+    a, p, removed = assert_oracle(m)
+    k = kept(a, removed, "m1_out", 1)
+    new_idx = input_value(p, "gnd", 1)[:, 0]
+    np.testing.assert_array_equal(k[new_idx], idx[np.isin(idx, k)])
+
+
+def test_gather_nd_single_row_and_repeats():
+    g = GraphBuilder()
+    x = g.input("x", [4, 8])
+    y = g.op("Transpose", [g.matmul(x, 8, 12, name="m1")], perm=[1, 0])  # [12, 4]
+    one = g.op("GatherND", [y, g.ints([[3]])], name="one")  # [1, 4]
+    rep = g.op("GatherND", [y, g.ints([[5], [5]])], name="rep")  # [2, 4]
+    g.output(one, rep)
+    a = run_analysis(g.model())
+    said = " | ".join(r for grp in a.channel_groups for r in grp.reasons)
+    assert "GatherND 'one' reads a single channel" in said and "GatherND 'rep' repeats or reorders" in said
+
+
+def test_gather_elements_other_axes_pass_through():
+    """Funnel's relative shift: GatherElements along axis 0; the channel axis beside it is tied."""
+    g = GraphBuilder()
+    x = g.input("x", [4, 8])
+    y = g.op("Relu", [g.matmul(x, 8, 12, name="m1")])  # [4, 12]
+    idx = np.random.default_rng(0).integers(0, 4, size=(3, 12))
+    s = g.op("GatherElements", [y, g.ints(idx, "idx")], name="ge", axis=0)  # [3, 12]
+    g.output(g.matmul(s, 12, 5, name="m2"))
+    m = g.model()
+    a = run_analysis(m)
+    grp = group_of(a, "m2", "consumer")
+    assert grp.producers == ["m1"] and not grp.frozen
+    a, p, removed = assert_oracle(m)
+    assert input_value(p, "ge", 1).shape == (3, 12 - len(removed))
 
 
 def test_expand_broadcast_gate():

@@ -663,6 +663,95 @@ def gather(ctx):
             ctx.fix(y, axis + ax)
 
 
+def _nd_params(ctx):
+    """(batch_dims, k = indices' last dim, data rank, indices rank) of a GatherND, or None if unknown."""
+    sx, si = ctx.shape(ctx.input(0)), ctx.shape(ctx.input(1))
+    if sx is None or si is None or not si or si[-1] is None:
+        return None
+    return ctx.attr("batch_dims", 0), int(si[-1]), len(sx), len(si)
+
+
+def rewrite_gather_nd(rctx):
+    """Constant single-axis indices (k = 1) into a cut axis 0 are renumbered, and dropped where the output
+    axis they fill lost channels, as for Gather."""
+    node = rctx.node
+    x, y = node.input[0], node.output[0]
+    kept = rctx.kept(x, 0)
+    if kept is None or rctx.attr("batch_dims", 0) != 0:
+        return
+    idx = np.array(rctx.const(node.input[1]))
+    if idx.shape[-1] != 1:
+        return
+    d = rctx.old_shape(x)[0]
+    idx = np.where(idx < 0, idx + d, idx)
+    big = [k for k, n in enumerate(idx.shape[:-1]) if n > 1]
+    if len(big) == 1:
+        kept_out = rctx.kept(y, big[0])
+        if kept_out is not None:
+            idx = np.take(idx, kept_out, axis=big[0])
+    rctx.set_input_const(1, np.searchsorted(kept, idx).astype(idx.dtype))
+
+
+@register("layout", "GatherND", rewrite=rewrite_gather_nd)
+def gather_nd(ctx):
+    """GatherND: batch axes and the data axes after the indexed ones pass through; constant indices into
+    one axis select channels like Gather's; an axis indexed otherwise (or with repeats) is not a channel."""
+    x, ind, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    params = _nd_params(ctx)
+    if params is None or ctx.rank(y) is None:
+        ctx.freeze_node(f"GatherND '{ctx.name}': shapes unknown")
+        return
+    b, k, r, q = params
+    for ax in range(b):  # batch axes: data, indices and output share them
+        ctx.tie(x, ax, y, ax)
+        ctx.tie(ind, ax, y, ax)
+    for ax in range(b + k, r):  # trailing data axes: the slices copied whole
+        ctx.tie(x, ax, y, q - 1 + ax - b - k)
+    for ax in range(b, q - 1):
+        ctx.tie(ind, ax, y, ax)
+    ctx.fix(ind, q - 1)
+    idx = ctx.const(ind)
+    d = ctx.shape(x)[b] if k == 1 else None
+    if idx is None or k != 1 or b != 0 or d is None:
+        for ax in range(b, b + k):
+            ctx.fix(x, ax, f"GatherND '{ctx.name}' indexes axis {ax} of '{x}'"
+                    + (" with run-time indices" if idx is None else ""))
+        return
+    flat = np.ravel(idx).astype(np.int64)
+    flat = np.where(flat < 0, flat + d, flat)
+    si = ctx.shape(ind)[:-1]
+    ctx.free(x, 0)
+    big = [a for a, n in enumerate(si) if n > 1]
+    if not big:
+        ctx.fix_elements(x, 0, flat, f"GatherND '{ctx.name}' reads a single channel", BY_DESIGN)
+    elif len(big) == 1 and np.all(np.diff(flat) > 0):
+        ctx.tie(y, big[0], x, 0, None, flat)
+    else:
+        ctx.fix(x, 0, f"GatherND '{ctx.name}' repeats or reorders the rows of '{x}'")
+        for a in range(q - 1):
+            ctx.fix(y, a)
+
+
+@register("layout", "GatherElements")
+def gather_elements(ctx):
+    """GatherElements: the output has the indices' shape; along `axis` it picks data elements (not a
+    channel axis), on the other axes element i comes from data element i (a prefix when indices are shorter)."""
+    x, ind, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    sx, si = ctx.shape(x), ctx.shape(ind)
+    if sx is None or si is None or len(sx) != len(si):
+        ctx.freeze_node(f"GatherElements '{ctx.name}': shapes unknown")
+        return
+    axis = ctx.attr("axis", 0) % len(sx)
+    for ax in range(len(sx)):
+        ctx.tie(ind, ax, y, ax)
+        if ax == axis:
+            ctx.fix(x, ax, f"GatherElements '{ctx.name}' picks elements along axis {ax}", BY_DESIGN)
+        elif sx[ax] is not None and sx[ax] == si[ax]:
+            ctx.tie(x, ax, y, ax)
+        else:
+            ctx.fix(x, ax, f"GatherElements '{ctx.name}' reads only the first {si[ax]} of axis {ax}")
+
+
 def rewrite_expand(rctx):
     rewrite_shape_input(rctx, 1, rctx.node.output[0])
 
