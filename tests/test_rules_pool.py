@@ -191,19 +191,27 @@ def test_argmax_over_channels_frozen():
     assert any("ArgMax 'am'" in r for r in group_of(a, "c1", "producer").reasons)
 
 
-@pytest.mark.parametrize("op,build,reason", [
-    ("TopK", lambda g, y: g.op("TopK", [y, g.ints([2])], n_out=2, name="sel", axis=1)[0], "TopK 'sel' selects"),
-    ("Tile", lambda g, y: g.op("Tile", [y, g.ints([1, 2, 1, 1])], name="sel"), "Tile 'sel' repeats axis 1"),
-])
-def test_selecting_or_repeating_channels_freezes(op, build, reason):
+def test_selecting_channels_freezes():
     g = GraphBuilder()
     x = g.input("x", [1, 8, 6, 6])
-    y = build(g, g.conv(x, 8, 16, name="c1"))
-    cout = {"TopK": 2, "Tile": 32}[op]
-    g.output(g.conv(y, cout, 4, name="c2"))
+    y = g.op("TopK", [g.conv(x, 8, 16, name="c1"), g.ints([2])], n_out=2, name="sel", axis=1)[0]
+    g.output(g.conv(y, 2, 4, name="c2"))
     a = run_analysis(g.model())
     assert a.prunable == []
-    assert any(reason in r for r in group_of(a, "c1", "producer").reasons)
+    assert any("TopK 'sel' selects" in r for r in group_of(a, "c1", "producer").reasons)
+
+
+def test_tile_channel_axis_cuts_every_copy():
+    """Channel c of a Tile repeated twice is output channels c and c + 16: one unit, sliced in c2's weight."""
+    g = GraphBuilder()
+    x = g.input("x", [1, 8, 6, 6])
+    y = g.op("Tile", [g.conv(x, 8, 16, name="c1"), g.ints([1, 2, 1, 1])], name="sel")
+    g.output(g.conv(y, 32, 4, name="c2"))
+    m = g.model()
+    a = run_analysis(m)
+    assert sizes(a.prunable) == [16] and a.prunable[0].consumers == ["c2"]
+    a, p, removed = assert_oracle(m)
+    assert init_value(p, "c2.W").shape[1] == 2 * (16 - len(removed))
 
 
 def test_tile_spatial_prunable():

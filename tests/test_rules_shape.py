@@ -581,3 +581,34 @@ def test_channel_shuffle_with_prune_head_dim_stays_correct():
     m = g.model()
     assert sizes(run_analysis(m, prune_head_dim=True).prunable) == [4]
     assert_oracle(m, options=AnalysisOptions(prune_head_dim=True))
+
+
+def test_tile_repeats_channels_as_an_index_map():
+    """DeBERTa tiles per-head position projections [H, S, d] over the batch of a [B*H, S, d] layout: output
+    element i of the repeated axis is channel i mod H, so cutting a head removes all its copies."""
+    heads, s, d, b = 4, 5, 3, 2
+    g = GraphBuilder()
+    x = g.input("x", [s, 8])
+    h = g.op("Reshape", [g.matmul(x, 8, heads * d, name="proj"), g.ints([s, heads, d])])
+    h = g.op("Transpose", [h], perm=[1, 0, 2])  # [H, S, d]
+    t = g.op("Tile", [h, g.ints([b, 1, 1])], name="tile")  # [B*H, S, d]
+    t = g.op("Transpose", [g.op("Reshape", [t, g.ints([b, heads, s, d])]), ], perm=[0, 2, 1, 3])
+    g.output(g.matmul(g.op("Reshape", [t, g.ints([b, s, heads * d])]), heads * d, 6, name="out"))
+    m = g.model()
+    a = run_analysis(m)
+    grp = group_of(a, "out", "consumer")
+    assert grp.producers == ["proj"] and grp.size == heads and not grp.frozen
+    cut = a.cut(grp.units[:1])
+    assert cut.kept("tile_out", 0).sum() == b * (heads - 1)
+    assert_oracle(m)
+
+
+def test_tile_of_a_size_1_axis_is_not_a_channel():
+    g = GraphBuilder()
+    x = g.input("x", [1, 8])
+    t = g.op("Tile", [g.matmul(x, 8, 12, name="m1"), g.ints([3, 1])], name="tile")  # [3, 12]
+    g.output(g.op("Transpose", [t], perm=[1, 0]))
+    a = run_analysis(g.model())
+    assert sizes(a.prunable) == []
+    said = [str(r) for refusals in a.space_reasons.values() for r, _ in refusals]
+    assert "Tile 'tile' repeats axis 0" in said

@@ -774,7 +774,9 @@ def expand(ctx):
 
 @register("layout", "Tile")
 def tile(ctx):
-    """Tile: axes repeated once pass through; repeated axes are not channels."""
+    """Tile: output element i of a repeated axis is input element i mod n (DeBERTa tiles per-head position
+    projections over the batch of a [B*H, ...] layout): cutting a channel removes all its copies. A size-1
+    axis repeated is not a channel (its copies would need new repeats)."""
     x, y = ctx.input(0), ctx.output(0)
     reps = ctx.const(ctx.input(1))
     ctx.fix_tensor(ctx.input(1))
@@ -782,9 +784,13 @@ def tile(ctx):
     if reps is None or r is None:
         ctx.freeze_node(f"Tile '{ctx.name}': repeats computed at run time")
         return
+    sx = ctx.shape(x)
     for ax in range(r):
-        if int(reps[ax]) == 1:
+        n, k = sx[ax], int(reps[ax])
+        if k == 1:
             ctx.tie(x, ax, y, ax)
+        elif n is not None and n > 1:
+            ctx.tie(y, ax, x, ax, np.arange(n * k), np.arange(n * k) % n)
         else:
             ctx.fix(x, ax, f"Tile '{ctx.name}' repeats axis {ax}")
             ctx.fix(y, ax, f"Tile '{ctx.name}' repeats axis {ax}")
