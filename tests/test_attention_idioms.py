@@ -8,11 +8,15 @@ on tiny torch modules exported with TorchScript, each checked by the oracle.
   heads are cut, nothing inside a head unless --prune-head-dim;
 - heads folded into the batch ([S, B*H, D], as F.multi_head_attention_forward and WavLM do): whole heads;
 - ConvBERT's span-based dynamic convolution: per-position, per-head kernels applied with a bmm over
-  [B*S*H, D, K], folded back through two reshapes before any weight: whole heads.
+  [B*S*H, D, K], folded back through two reshapes before any weight: whole heads;
+- Bloom's and DeBERTa's [B*H, S, D] layout with a dynamic batch: B*H computed as B * num_heads, the batch
+  recovered as (B*H) // num_heads, per-head position projections Tiled (B*H) // num_heads times: the rewrite
+  sets those constants to the kept head count, checked at another batch size.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import graphprune
@@ -122,11 +126,49 @@ class SpanConv(nn.Module):
         return self.o(heads.reshape(b, n, 2 * H * HD))
 
 
+class BatchTimesHeads(nn.Module):
+    """q, k, v reshaped to [B*H, S, HD] (b * H computed at run time), a relative term from per-head position
+    projections repeated (B*H) // H times, the output viewed back as [(B*H) // H, H, S, HD]."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(D, 3 * H * HD)
+        self.table = nn.Parameter(torch.randn(S, D))
+        self.pos = nn.Linear(D, H * HD)
+        self.o = nn.Linear(H * HD, 5)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (t.view(b, n, H, HD).transpose(1, 2).reshape(b * H, n, HD) for t in self.qkv(x).chunk(3, -1))
+        rel = self.pos(self.table).view(S, H, HD).transpose(0, 1)  # [H, S, HD]
+        rel = rel.repeat(q.size(0) // H, 1, 1)  # [B*H, S, HD]
+        scores = torch.bmm(q, k.transpose(1, 2)) + torch.bmm(q, rel.transpose(1, 2))
+        y = torch.bmm(torch.softmax(scores, -1), v)
+        y = y.view(y.size(0) // H, H, n, HD).transpose(1, 2).reshape(b, n, H * HD)
+        return self.o(y)
+
+
 def _export(module):
     torch.manual_seed(0)
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return from_torch(module.eval(), (torch.randn(B, S, D),))
+
+
+def _export_dynamic_batch(module):
+    import io
+
+    import onnx
+
+    from graphprune.core.torch_export import export_torchscript
+
+    torch.manual_seed(0)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    f = io.BytesIO()
+    export_torchscript(module, (torch.randn(B, S, D),), f, input_names=["x"], output_names=["y"],
+                       dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return onnx.load_from_string(f.getvalue())
 
 
 def _weight(model, node):
@@ -203,3 +245,17 @@ def test_span_conv_heads():
     cut = a.cut(conv[0].units[:1])
     assert cut.kept(_weight(model, "/v/MatMul"), 1).sum() == (H - 1) * HD
     assert cut.kept(_weight(model, "/kernel/MatMul"), 1).sum() == (H - 1) * 3
+
+
+def test_batch_times_heads_constants_follow_the_cut():
+    from graphprune.core import runtime
+    from graphprune.passes import oracle, rewrite
+
+    model = _export_dynamic_batch(BatchTimesHeads())
+    a, pruned, removed = assert_oracle(model)  # at batch 1, where the analysis runs
+    (heads,) = _groups(a, "head")
+    assert heads.size == H and np.isin(removed, heads.units).sum() == H // 2
+    x = {"x": np.random.default_rng(1).standard_normal((3, S, D)).astype(np.float32)}
+    want = runtime.run(oracle.masked_model(model, a.cut(removed)), x)[0]
+    got = runtime.run(rewrite.apply(model, a.cut(removed)), x)[0]  # batch 3: B*H, (B*H) // H, repeats
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

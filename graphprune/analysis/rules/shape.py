@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...core.shape_values import ConstEntry, DimEntry, OtherEntry, ScaledDimEntry, shape_entries
+from ...core.shape_values import (
+    ConstEntry,
+    DimEntry,
+    OtherEntry,
+    QuotientDimEntry,
+    ScaledDimEntry,
+    shape_entries,
+)
 from ..reasons import BY_DESIGN
 from ..registry import register
 from ..spaces import connected_components, sorted_unique
@@ -262,10 +269,11 @@ def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None, broadcas
     for ax in ctx.axes(shp):
         ctx.fix(shp, ax)
     entries = shape_entries(ctx.view, shp, ctx.index, shape_input_index)
+    _quotients_ok(ctx, entries, "shape entry")
     for ax in ctx.axes(y):
+        e = entries[ax] if entries is not None and ax < len(entries) else None
         if ctx.space(y, ax) is None:
             continue
-        e = entries[ax] if entries is not None and ax < len(entries) else None
         if isinstance(e, ConstEntry):
             if e.value == 0 and not (allow_zero_from and allow_zero_from(ax)):
                 ctx.fix(y, ax, f"{ctx.op} '{ctx.name}' copies axis {ax} from its input with a 0 entry")
@@ -277,13 +285,36 @@ def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None, broadcas
         if broadcast and isinstance(e, OtherEntry) and e.value == 1:
             continue  # e.g. ConstantOfShape(1): the axis is the input's, tied by the rule
         if isinstance(e, ScaledDimEntry) and e.value == ctx.space(y, ax).size and e.factor > 0:
-            # The entry is factor * (a dim read at run time): each of those channels owns `factor`
-            # consecutive elements here, so the computed size follows the cut by construction.
             if ctx.space(e.tensor, e.axis) is not None:
+                # The entry is factor * (a dim read at run time): each of those channels owns `factor`
+                # consecutive elements here, so the computed size follows the cut by construction.
                 n = ctx.space(y, ax).size
                 ctx.tie(y, ax, e.tensor, e.axis, np.arange(n), np.arange(n) // e.factor)
+                continue
+            if e.value == e.factor and e.factor_tensor:
+                continue  # batch * num_heads at batch 1: the rewrite sets the factor to the kept count
+        if isinstance(e, ScaledDimEntry):
+            ctx.fix(y, ax, f"{ctx.op} '{ctx.name}': shape entry {ax} is {e.factor} times a dim read at run time")
             continue
         ctx.fix(y, ax, f"{ctx.op} '{ctx.name}': shape entry {ax} is computed at run time")
+
+
+def _quotients_ok(ctx, entries, what: str) -> None:
+    """An entry (channels // divisor) read at run time (Bloom's and DeBERTa's batch = (B*H) // H) stays
+    right only where it is 1 at analysis (batch 1): the rewrite then sets the divisor to the kept count.
+    Elsewhere the axis it reads keeps its channels."""
+    for ax, e in enumerate(entries or []):
+        if isinstance(e, QuotientDimEntry) and ctx.space(e.tensor, e.axis) is not None and e.value != 1:
+            ctx.fix(e.tensor, e.axis, f"{ctx.op} '{ctx.name}': {what} {ax} divides this axis by {e.divisor}")
+
+
+def _rewrite_quotients(rctx, entries) -> None:
+    for e in entries or []:
+        if isinstance(e, QuotientDimEntry) and e.value == 1:
+            new = rctx.new_dim(e.tensor, e.axis)  # (B*H') // H' is B again
+            if new is not None and new != e.divisor:
+                old = np.asarray(rctx.const(e.divisor_tensor))
+                rctx.set_const(e.divisor_tensor, e.divisor_reader, e.divisor_input, np.full(old.shape, new, old.dtype))
 
 
 def rewrite_shape_input(rctx, shape_input_index: int, out: str) -> None:
@@ -291,8 +322,17 @@ def rewrite_shape_input(rctx, shape_input_index: int, out: str) -> None:
     entries = shape_entries(rctx.view, rctx.node.input[shape_input_index], rctx.index, shape_input_index)
     if entries is None:
         return
+    _rewrite_quotients(rctx, entries)
     changes: dict[tuple, dict[int, int]] = {}
     for ax, e in enumerate(entries):
+        if isinstance(e, QuotientDimEntry):
+            continue  # _rewrite_quotients
+        if isinstance(e, ScaledDimEntry) and e.factor_tensor and e.value == e.factor:
+            new = rctx.new_dim(out, ax)  # the dim read at run time was 1 here: the factor is the channel count
+            if new is not None and new != e.factor:
+                old = np.asarray(rctx.const(e.factor_tensor))
+                rctx.set_const(e.factor_tensor, e.factor_reader, e.factor_input, np.full(old.shape, new, old.dtype))
+            continue
         if not isinstance(e, ConstEntry) or e.value <= 1:
             continue
         new = rctx.new_dim(out, ax)
@@ -651,7 +691,7 @@ def gather(ctx):
     flat = np.ravel(idx).astype(np.int64)
     flat = np.where(flat < 0, flat + (d or 0), flat)
     ctx.free(x, axis)
-    if ri == 0:
+    if flat.size == 1:  # a scalar index, or a list of one (Falcon's fused_qkv[..., [-2], :])
         ctx.fix_elements(x, axis, flat, f"Gather '{ctx.name}' reads a single channel", BY_DESIGN)
     elif sum(n > 1 for n in si) == 1 and np.all(np.diff(flat) > 0):
         # indices of shape [1, n, 1] etc.: one output axis carries the selected channels, in order
@@ -772,7 +812,11 @@ def expand(ctx):
     _check_shape_input(ctx, y, 1, allow_zero_from=None, broadcast=True)
 
 
-@register("layout", "Tile")
+def rewrite_tile(rctx):
+    _rewrite_quotients(rctx, shape_entries(rctx.view, rctx.node.input[1], rctx.index, 1))
+
+
+@register("layout", "Tile", rewrite=rewrite_tile)
 def tile(ctx):
     """Tile: output element i of a repeated axis is input element i mod n (DeBERTa tiles per-head position
     projections over the batch of a [B*H, ...] layout): cutting a channel removes all its copies. A size-1
@@ -784,6 +828,7 @@ def tile(ctx):
     if reps is None or r is None:
         ctx.freeze_node(f"Tile '{ctx.name}': repeats computed at run time")
         return
+    _quotients_ok(ctx, shape_entries(ctx.view, ctx.input(1), ctx.index, 1), "repeat count")
     sx = ctx.shape(x)
     for ax in range(r):
         n, k = sx[ax], int(reps[ax])
