@@ -231,10 +231,13 @@ def _wanted_role(ctx) -> str:
 
 
 def _regroup_carrier(ctx, x, y, bi, bj):
-    """(tensor, axis) of a regroup's channel axis: the one channel-like axis, else the one head axis (of the
-    axes pass A does not keep whole)."""
-    for test in (ctx.channel_like, lambda t, ax: ctx.attention_role(t, ax) == _wanted_role(ctx)):
-        hits = [(t, a) for t, axes in ((x, bi), (y, bj)) for a in axes if test(t, a) and not ctx.always_kept(t, a)]
+    """(tensor, axis) of a regroup's channel axis: the one channel-like axis, else the one head axis of those
+    pass A does not keep whole (a batch axis tied to Q·Kᵀ's is marked too)."""
+    def head(t, ax):
+        return ctx.attention_role(t, ax) == _wanted_role(ctx) and not ctx.always_kept(t, ax)
+
+    for test in (ctx.channel_like, head):
+        hits = [(t, a) for t, axes in ((x, bi), (y, bj)) for a in axes if test(t, a)]
         if hits:
             return hits[0] if len(hits) == 1 else None
     return None
