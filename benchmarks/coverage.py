@@ -32,6 +32,9 @@ from graphprune.passes import (
     rewrite,  # noqa: E402
 )
 
+KINDS = ("head", "mlp", "channel", "hidden")  # group kinds (graphprune.analysis.Group.kind)
+REFUSALS = {"by_design": "by design", "unsupported": "not supported yet", "internal": "internal error"}
+
 
 def oracle_check(model, seed=0):
     from graphprune.passes.normalize import unshare_uniform_constants
@@ -79,13 +82,17 @@ def row_for(name, exporter, keep_bn=False, family="cnn"):
         row["channels"] = sum(g.size for g in a.channel_groups)
         row["prunable_channels"] = sum(g.size for g in a.prunable)
         row["frozen"] = [{"group": g.key, "size": g.size, "kind": g.kind,
-                          "reason": g.reasons[0] if g.reasons else "?"} for g in a.frozen]
-        for kind in ("head", "mlp"):
+                          "reason": g.reasons[0] if g.reasons else "?",
+                          "refusal": g.refusals[0].kind if g.refusals else "unsupported"} for g in a.frozen]
+        for kind in KINDS:
             row[f"{kind}_units"] = sum(g.size for g in a.channel_groups if g.kind == kind)
             row[f"{kind}_prunable"] = sum(g.size for g in a.prunable if g.kind == kind)
         t = time.perf_counter()
         res = graphprune.prune(model, ratio=0.5)
         row["prune_s"] = round(time.perf_counter() - t, 2)
+        for kind in KINDS:  # units removed at --ratio 0.5, of the units of that kind
+            row[f"{kind}_cut"] = sum(len(res.plan.cuts[g.key].removed) for g in res.analysis.prunable
+                                     if g.kind == kind and g.key in res.plan.cuts)
         row["params_kept"] = res.report.ratio("params")
         row["macs_kept"] = res.report.ratio("macs")
         row["validated"] = bool(res.report.validation.get("runtime"))
@@ -105,26 +112,41 @@ def render_transformers(rows) -> list[str]:
         "",
         "Built from Hugging Face `transformers` configs with small sizes and random weights (no downloads),",
         "exported with both torch exporters with dynamic batch and sequence where the model allows.",
-        "*Heads* / *MLP neurons*: prunable / total units of that kind. *MACs kept* after `--ratio 0.5`",
-        "(heads and MLP neurons; hidden size stays, see `--prune-hidden`).",
+        "*Heads* / *MLP neurons* / *channels*: units cut at `--ratio 0.5` / prunable / total units of that",
+        "kind (group kinds come from the structure: heads from Q·Kᵀ and softmax·V, MLP neurons between",
+        "linear layers, channels the rest). *MACs kept* after `--ratio 0.5` (the hidden size stays, see",
+        "`--prune-hidden`).",
         "",
-        "| model | exporter | heads prunable | MLP neurons prunable | params kept | MACs kept | oracle | validated |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | exporter | heads | MLP neurons | channels | params kept | MACs kept | oracle | validated |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['exporter']} | ERROR: {r['error']} | | | | | |")
+            lines.append(f"| {r['model']} | {r['exporter']} | ERROR: {r['error']} | | | | | | |")
             continue
+        units = " | ".join(f"{r.get(k + '_cut', 0)}/{r[k + '_prunable']}/{r[k + '_units']}"
+                           for k in ("head", "mlp", "channel"))
         lines.append(
-            f"| {r['model']} | {r['exporter']} | {r['head_prunable']}/{r['head_units']} | "
-            f"{r['mlp_prunable']}/{r['mlp_units']} | {r['params_kept']:.1%} | {r['macs_kept']:.1%} | "
+            f"| {r['model']} | {r['exporter']} | {units} | {r['params_kept']:.1%} | {r['macs_kept']:.1%} | "
             f"{'pass' if r['oracle_pass'] else 'FAIL'} ({r['oracle_random_rel']:.1e}) | "
             f"{'yes' if r['validated'] else 'no'} |")
     ok = [r for r in rows if "error" not in r and r["oracle_pass"] and r["mlp_prunable"]
           and (r["head_prunable"] or not r["head_units"])]
     lines += ["", f"Heads (where the model has attention) and MLP neurons pruned with the oracle passing: "
-                  f"{len(ok)}/{len(rows)} model x exporter rows. ConvNeXt has no attention heads."]
+                  f"{len(ok)}/{len(rows)} model x exporter rows. ConvNeXt and ConvNeXt V2 have no attention "
+                  "heads; ConvNeXt V2's MLP channels are a normalised axis (GRN), cut under `--prune-hidden`."]
     return lines
+
+
+def _frozen_line(r) -> str:
+    """One model x exporter's frozen groups, their reasons counted, by design apart from not supported yet."""
+    parts = []
+    for kind, label in REFUSALS.items():
+        reasons = Counter(f["reason"] for f in r["frozen"] if f.get("refusal", "unsupported") == kind)
+        if reasons:
+            parts.append(f"*{label}* ({sum(reasons.values())}): "
+                         + "; ".join(f"{n}x {why}" for why, n in reasons.most_common()))
+    return f"- **{r['model']} / {r['exporter']}** ({len(r['frozen'])} frozen): " + " — ".join(parts)
 
 
 def render(rows) -> str:
@@ -153,13 +175,14 @@ def render(rows) -> str:
             f"{'yes' if r['validated'] else 'no'} |")
     if tfm:
         lines += render_transformers(tfm)
-    lines += ["", "## Frozen groups and why", ""]
+    frozen = Counter(f.get("refusal", "unsupported") for r in rows + tfm if "error" not in r for f in r["frozen"])
+    lines += ["", "## Frozen groups and why", "",
+              "Each group's first refusal, by kind: " + ", ".join(f"{frozen.get(k, 0)} {label}"
+                                                               for k, label in REFUSALS.items()) + ".", ""]
     for r in rows + tfm:
         if "error" in r or not r["frozen"]:
             continue
-        reasons = Counter(f["reason"] for f in r["frozen"])
-        parts = "; ".join(f"{n}x {why}" for why, n in reasons.most_common())
-        lines.append(f"- **{r['model']} / {r['exporter']}** ({len(r['frozen'])} frozen): {parts}")
+        lines.append(_frozen_line(r))
     lines.append("")
     return "\n".join(lines)
 

@@ -196,6 +196,10 @@ def _whisper_encoder(hf, input_features):
     return (hf(input_features).last_hidden_state,)
 
 
+def _audio_base(hf, input_values):
+    return (hf(input_values).last_hidden_state,)
+
+
 def _wav2vec2_ctc(hf, input_values):
     h = hf.wav2vec2(input_values).last_hidden_state
     return h, hf.lm_head(hf.dropout(h))
@@ -692,6 +696,188 @@ _ENTRIES: list[Entry] = [
         check_length=320,
         max_length=4000,
         dynamic=_TEXT_DYN,
+    ),
+]
+
+# Architectures whose attention or MLP idioms the first 17 do not have (fused gate/up, fused [3, H, D] QKV,
+# multi-query attention, ALiBi, relative attention, heads folded into the batch, einsum attention, span
+# convolutions, GRN). Mixtral / Qwen2-MoE are not here: with torch 2.13 / transformers 5.23 their expert
+# dispatch (aten::histc, aten::_grouped_mm) does not export with TorchScript.
+_ENTRIES += [
+    Entry(
+        "phi3",
+        "Phi-3: fused qkv_proj (Slice into q/k/v), GQA 4 query / 2 KV heads, RoPE, RMSNorm, fused gate_up_proj "
+        "(chunk, SiLU(gate) * up); hidden 64, 2 layers, FFN 128, vocab 128",
+        "text",
+        "Phi3Config",
+        _mp(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+            eos_token_id=2, tie_word_embeddings=False, use_cache=False),
+        "Phi3ForCausalLM",
+        _causal_lm("model"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        _EAGER,
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "falcon",
+        "Falcon (7B layout): multi-query attention (one K/V head) from one fused query_key_value, parallel "
+        "attention + MLP blocks sharing one LayerNorm, RoPE, GELU MLP; hidden 64, 2 layers, 4 heads",
+        "text",
+        "FalconConfig",
+        _mp(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            new_decoder_architecture=False, multi_query=True, parallel_attn=True, bias=False, alibi=False,
+            max_position_embeddings=64, bos_token_id=1, eos_token_id=2, use_cache=False),
+        "FalconForCausalLM",
+        _causal_lm("transformer"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        _EAGER,
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "bloom",
+        "BLOOM: ALiBi (per-head linear biases, no position embeddings), fused query_key_value viewed "
+        "[B, S, H, 3, D], embedding LayerNorm, GELU MLP; hidden 64, 2 layers, 4 heads, vocab 128",
+        "text",
+        "BloomConfig",
+        _mp(vocab_size=128, hidden_size=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2,
+            pad_token_id=0, use_cache=False),
+        "BloomForCausalLM",
+        _causal_lm("transformer"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        _EAGER,
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "gptbigcode",
+        "GPTBigCode (SantaCoder/StarCoder): multi-query attention (c_attn = q + one K/V head, K/V expanded "
+        "to the query heads), learned positions, GELU MLP; n_embd 64, 2 layers, 4 heads, FFN 128",
+        "text",
+        "GPTBigCodeConfig",
+        _mp(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_inner=128, n_positions=64, multi_query=True,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0, use_cache=False),
+        "GPTBigCodeForCausalLM",
+        _causal_lm("transformer"),
+        ("last_hidden_state", "logits"),
+        "eager",
+        _EAGER,
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "deberta_v2",
+        "DeBERTa-v2: disentangled relative attention (c2p + p2c, log position buckets, per-head position "
+        "projections tiled over a [B*H, ...] layout, gathered by relative index), shared key/query position "
+        "projection; hidden 64, 2 layers, 4 heads, FFN 128",
+        "text",
+        "DebertaV2Config",
+        _mp(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=64, relative_attention=True, position_buckets=16,
+            pos_att_type=["p2c", "c2p"], pad_token_id=0),
+        "DebertaV2Model",
+        _encoder_only,
+        ("last_hidden_state",),
+        "eager",
+        _EAGER,
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "modernbert",
+        "ModernBERT: fused Wqkv viewed [B, S, 3, H, D] and unbound, RoPE, pre-LN without biases, fused "
+        "GeGLU Wi (chunk, GELU(input) * gate); hidden 64, 2 layers (global attention), 4 heads, FFN 128",
+        "text",
+        "ModernBertConfig",
+        _mp(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64, global_attn_every_n_layers=1, pad_token_id=0, bos_token_id=1,
+            eos_token_id=2, cls_token_id=1, sep_token_id=2),
+        "ModernBertModel",
+        _encoder_only,
+        ("last_hidden_state",),
+        "eager",
+        _EAGER,
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "convbert",
+        "ConvBERT: half the heads self-attention, half span-based dynamic convolution (per-position kernels "
+        "from a depthwise-separable conv, applied over [B*S*H, D, K] with a bmm), concatenated as heads; "
+        "hidden 64, 2 layers, 2 + 2 heads, FFN 128",
+        "text",
+        "ConvBertConfig",
+        _mp(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=64, embedding_size=64, head_ratio=2, conv_kernel_size=3, pad_token_id=0),
+        "ConvBertModel",
+        _encoder_only,
+        ("last_hidden_state",),
+        "eager",
+        _EAGER,
+        max_length=64,
+        check_length=11,
+        dynamic=_TEXT_DYN,
+    ),
+    Entry(
+        "funnel",
+        "Funnel Transformer (base): attention written as einsums with relative positional attention and "
+        "token-type bias, sequence pooling between blocks; d_model 32, 2 blocks of 1 layer, 4 heads x 8",
+        "text",
+        "FunnelConfig",
+        _mp(vocab_size=128, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1],
+            num_decoder_layers=1, max_position_embeddings=64),
+        "FunnelBaseModel",
+        _encoder_only,
+        ("last_hidden_state",),
+        None,
+        "Funnel has no attn_implementation switch: always its own einsum attention",
+        dynamic=_BATCH_DYN,
+    ),
+    Entry(
+        "wavlm",
+        "WavLM: conv feature encoder (LayerNorm), gated relative position bias (per-head gates computed "
+        "from the hidden state), F.multi_head_attention_forward layout [S, B*H, D]; hidden 32, 2 layers, "
+        "4 heads, FFN 64, 1600 samples",
+        "audio",
+        "WavLMConfig",
+        _mp(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16),
+            conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+            num_buckets=16, max_bucket_distance=32, do_stable_layer_norm=True, feat_extract_norm="layer",
+            mask_time_prob=0.0),
+        "WavLMModel",
+        _audio_base,
+        ("last_hidden_state",),
+        None,
+        "WavLM's attention has no attn_implementation switch: F.multi_head_attention_forward",
+        length=1600,
+        dynamic=_BATCH_DYN,
+    ),
+    Entry(
+        "convnextv2",
+        "ConvNeXt V2: ConvNeXt blocks with Global Response Normalization (ReduceL2 over space, divided by "
+        "its mean over channels) in the pointwise MLP; dims 16 -> 32, 2 x 1 blocks, 3x32x32, 10 classes",
+        "vision",
+        "ConvNextV2Config",
+        _mp(num_channels=3, patch_size=4, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], image_size=32,
+            num_labels=10),
+        "ConvNextV2ForImageClassification",
+        _pooled_image("convnextv2"),
+        ("last_hidden_state", "logits"),
+        None,
+        "no attention",
+        length=32,
+        dynamic=_BATCH_DYN,
     ),
 ]
 

@@ -29,9 +29,9 @@ def masked_model(model: onnx.ModelProto, cut) -> onnx.ModelProto:
             continue
         sp = analysis.spaces.spaces[role.space]
         keep = cut.kept(sp)
-        if keep.all() or (role.node, role.input_index) in done:
+        if keep.all() or (role.node, role.input_index, role.axis) in done:
             continue
-        done.add((role.node, role.input_index))
+        done.add((role.node, role.input_index, role.axis))  # a weight contracted on two axes gets two masks
         node = g.node[role.node]
         # Integer (quantized) weights cannot be multiplied by a mask; their rule gives the masked weight.
         rule = registry.lookup(node.domain, node.op_type)
@@ -42,11 +42,11 @@ def masked_model(model: onnx.ModelProto, cut) -> onnx.ModelProto:
             g.initializer.append(numpy_helper.from_array(value, name))
             node.input[role.input_index] = name
             continue
-        src = node.input[role.input_index]
-        rank = len(view.shape(src))
-        shape = [1] * rank
+        src = node.input[role.input_index]  # already masked on another axis, or the original tensor
+        original = model.graph.node[role.node].input[role.input_index]
+        shape = [1] * len(view.shape(original))
         shape[role.axis] = sp.size
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(view.dtype(src) or onnx.TensorProto.FLOAT)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(view.dtype(original) or onnx.TensorProto.FLOAT)
         mask_name = f"__oracle_mask_{n}"
         g.initializer.append(numpy_helper.from_array(keep.astype(dtype).reshape(shape), mask_name))
         masked = f"__oracle_masked_{n}"

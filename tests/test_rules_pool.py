@@ -138,6 +138,39 @@ def test_reduce_over_channel_axis_frozen(opset):
     assert any("ReduceMean 'red' reduces over axis 1" in r for r in grp.reasons)
 
 
+def _grn_mlp(opset=17):
+    """ConvNeXtV2's MLP on NHWC tokens: Linear -> GRN (ReduceL2 over H, W; ReduceMean over channels; per-channel
+    scale and shift) -> Linear."""
+    g = GraphBuilder(opset=opset)
+
+    def reduce(op, y, axes):
+        return g.op(op, [y, g.ints(axes)], keepdims=1) if opset >= 18 else g.op(op, [y], axes=axes, keepdims=1)
+
+    x = g.input("x", [1, 4, 4, 8])
+    h = g.op("Relu", [g.matmul(x, 8, 16, name="fc1")])
+    gx = reduce("ReduceL2", h, [1, 2])  # [1, 1, 1, 16]: per channel, over space
+    nx = g.op("Div", [gx, g.op("Add", [reduce("ReduceMean", gx, [-1]), g.const(np.float32(1e-6))])])
+    y = g.op("Add", [g.op("Add", [g.op("Mul", [g.weight([1, 1, 1, 16]), g.op("Mul", [h, nx])]),
+                                   g.weight([1, 1, 1, 16])]), h])
+    g.output(g.matmul(y, 16, 8, name="fc2"))
+    return g.model()
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_grn_mean_over_channels_is_a_norm(opset):
+    """The spatial ReduceL2 leaves channels alone; the mean across channels is a normalisation statistic, cut
+    only under --prune-hidden (by design, saying so)."""
+    m = _grn_mlp(opset)
+    a = run_analysis(m)
+    grp = group_of(a, "fc1", "producer")
+    assert grp.frozen and grp.kind == "hidden" and grp.consumers == ["fc2"]
+    (why,) = [r for r in grp.refusals if "ReduceMean" in str(r)]
+    assert why.kind == "by_design" and "--prune-hidden" in str(why) and "axis 3" in str(why)
+    a = run_analysis(m, prune_hidden=True)
+    assert group_of(a, "fc1", "producer") in a.prunable
+    assert not any("ReduceL2" in r for g in a.frozen for r in g.reasons)
+
+
 def test_reduce_all_axes_default_frozen():
     """No axes and noop_with_empty_axes=0: every axis is reduced (channels included)."""
     g = GraphBuilder(opset=18)
@@ -158,19 +191,27 @@ def test_argmax_over_channels_frozen():
     assert any("ArgMax 'am'" in r for r in group_of(a, "c1", "producer").reasons)
 
 
-@pytest.mark.parametrize("op,build,reason", [
-    ("TopK", lambda g, y: g.op("TopK", [y, g.ints([2])], n_out=2, name="sel", axis=1)[0], "TopK 'sel' selects"),
-    ("Tile", lambda g, y: g.op("Tile", [y, g.ints([1, 2, 1, 1])], name="sel"), "Tile 'sel' repeats axis 1"),
-])
-def test_selecting_or_repeating_channels_freezes(op, build, reason):
+def test_selecting_channels_freezes():
     g = GraphBuilder()
     x = g.input("x", [1, 8, 6, 6])
-    y = build(g, g.conv(x, 8, 16, name="c1"))
-    cout = {"TopK": 2, "Tile": 32}[op]
-    g.output(g.conv(y, cout, 4, name="c2"))
+    y = g.op("TopK", [g.conv(x, 8, 16, name="c1"), g.ints([2])], n_out=2, name="sel", axis=1)[0]
+    g.output(g.conv(y, 2, 4, name="c2"))
     a = run_analysis(g.model())
     assert a.prunable == []
-    assert any(reason in r for r in group_of(a, "c1", "producer").reasons)
+    assert any("TopK 'sel' selects" in r for r in group_of(a, "c1", "producer").reasons)
+
+
+def test_tile_channel_axis_cuts_every_copy():
+    """Channel c of a Tile repeated twice is output channels c and c + 16: one unit, sliced in c2's weight."""
+    g = GraphBuilder()
+    x = g.input("x", [1, 8, 6, 6])
+    y = g.op("Tile", [g.conv(x, 8, 16, name="c1"), g.ints([1, 2, 1, 1])], name="sel")
+    g.output(g.conv(y, 32, 4, name="c2"))
+    m = g.model()
+    a = run_analysis(m)
+    assert sizes(a.prunable) == [16] and a.prunable[0].consumers == ["c2"]
+    a, p, removed = assert_oracle(m)
+    assert init_value(p, "c2.W").shape[1] == 2 * (16 - len(removed))
 
 
 def test_tile_spatial_prunable():

@@ -96,7 +96,7 @@ def test_recurrent_oracle(case):
     gates = GATES[case["op"]]
     hid = group_of(a, "rnn", "producer")
     assert not hid.frozen and hid.size == HID
-    assert hid.kind == "mlp"  # gate blocks are not attention heads
+    assert hid.kind == "channel"  # gate blocks are not attention heads, nor MLP neurons
     feat = group_of(a, "pre", "producer")
     assert not feat.frozen and feat.size == FEAT and "rnn" in feat.consumers
     if case.get("states") == "computed":

@@ -1,5 +1,6 @@
 """Layout rules: Concat/Split/Slice offsets, Flatten/Reshape blocks, Transpose, Squeeze/Unsqueeze,
-DepthToSpace/SpaceToDepth, channel shuffle, Gather, Expand; and the constants each rewrite edits."""
+DepthToSpace/SpaceToDepth, channel shuffle, Gather, GatherND, GatherElements, Expand; and the constants each
+rewrite edits."""
 
 import numpy as np
 import pytest
@@ -413,6 +414,77 @@ def test_gather_repeated_indices_frozen():
     assert any("Gather 'ga' repeats or reorders" in r for r in group_of(a, "c1", "producer").reasons)
 
 
+def _nd_start():
+    """[3, 4, 8] -> MatMul -> [3, 4, 12]: channels on the last axis, rows on axis 0."""
+    g = GraphBuilder()
+    x = g.input("x", [3, 4, 8])
+    return g, g.op("Relu", [g.matmul(x, 8, 12, name="m1")])
+
+
+@pytest.mark.parametrize("indices", ["constant", "run-time"])
+def test_gather_nd_trailing_axes_pass_through(indices):
+    """Falcon/Swinv2 under dynamo: GatherND picks rows of axis 0; the slices it copies keep their channels."""
+    g, y = _nd_start()
+    if indices == "constant":
+        ind = g.ints([[0], [2]])
+    else:
+        ind = g.op("Cast", [g.op("Less", [g.input("sel", [2, 1]), g.const(np.float32(0.5))])], to=7)
+    s = g.op("GatherND", [y, ind], name="gnd")  # [2, 4, 12]
+    g.output(g.matmul(s, 12, 5, name="m2"))
+    m = g.model()
+    a = run_analysis(m)
+    grp = group_of(a, "m2", "consumer")
+    assert grp.producers == ["m1"] and not grp.frozen and grp.size == 12
+    if indices == "constant":
+        assert_oracle(m)
+
+
+def test_gather_nd_selects_channels_on_axis_0():
+    """k = 1 constant indices into axis 0: an index map, renumbered by the rewrite."""
+    g = GraphBuilder()
+    x = g.input("x", [4, 8])
+    y = g.op("Transpose", [g.op("Relu", [g.matmul(x, 8, 12, name="m1")])], perm=[1, 0])  # [12, 4]
+    idx = np.array([1, 3, 4, 7, 9, 10])
+    s = g.op("GatherND", [y, g.ints(idx[:, None], "idx")], name="gnd")  # [6, 4]
+    g.output(g.matmul(g.op("Transpose", [s], perm=[1, 0]), 6, 5, name="m2"))
+    m = g.model()
+    a = run_analysis(m)
+    sel = group_of(a, "m2", "consumer")
+    assert sel.producers == ["m1"] and sel.size == 6
+    a, p, removed = assert_oracle(m)
+    k = kept(a, removed, "m1_out", 1)
+    new_idx = input_value(p, "gnd", 1)[:, 0]
+    np.testing.assert_array_equal(k[new_idx], idx[np.isin(idx, k)])
+
+
+def test_gather_nd_single_row_and_repeats():
+    g = GraphBuilder()
+    x = g.input("x", [4, 8])
+    y = g.op("Transpose", [g.matmul(x, 8, 12, name="m1")], perm=[1, 0])  # [12, 4]
+    one = g.op("GatherND", [y, g.ints([[3]])], name="one")  # [1, 4]
+    rep = g.op("GatherND", [y, g.ints([[5], [5]])], name="rep")  # [2, 4]
+    g.output(one, rep)
+    a = run_analysis(g.model())
+    said = " | ".join(r for grp in a.channel_groups for r in grp.reasons)
+    assert "GatherND 'one' reads a single channel" in said and "GatherND 'rep' repeats or reorders" in said
+
+
+def test_gather_elements_other_axes_pass_through():
+    """Funnel's relative shift: GatherElements along axis 0; the channel axis beside it is tied."""
+    g = GraphBuilder()
+    x = g.input("x", [4, 8])
+    y = g.op("Relu", [g.matmul(x, 8, 12, name="m1")])  # [4, 12]
+    idx = np.random.default_rng(0).integers(0, 4, size=(3, 12))
+    s = g.op("GatherElements", [y, g.ints(idx, "idx")], name="ge", axis=0)  # [3, 12]
+    g.output(g.matmul(s, 12, 5, name="m2"))
+    m = g.model()
+    a = run_analysis(m)
+    grp = group_of(a, "m2", "consumer")
+    assert grp.producers == ["m1"] and not grp.frozen
+    a, p, removed = assert_oracle(m)
+    assert input_value(p, "ge", 1).shape == (3, 12 - len(removed))
+
+
 def test_expand_broadcast_gate():
     g = GraphBuilder()
     x = g.input("x", [1, 8, 6, 6])
@@ -509,3 +581,34 @@ def test_channel_shuffle_with_prune_head_dim_stays_correct():
     m = g.model()
     assert sizes(run_analysis(m, prune_head_dim=True).prunable) == [4]
     assert_oracle(m, options=AnalysisOptions(prune_head_dim=True))
+
+
+def test_tile_repeats_channels_as_an_index_map():
+    """DeBERTa tiles per-head position projections [H, S, d] over the batch of a [B*H, S, d] layout: output
+    element i of the repeated axis is channel i mod H, so cutting a head removes all its copies."""
+    heads, s, d, b = 4, 5, 3, 2
+    g = GraphBuilder()
+    x = g.input("x", [s, 8])
+    h = g.op("Reshape", [g.matmul(x, 8, heads * d, name="proj"), g.ints([s, heads, d])])
+    h = g.op("Transpose", [h], perm=[1, 0, 2])  # [H, S, d]
+    t = g.op("Tile", [h, g.ints([b, 1, 1])], name="tile")  # [B*H, S, d]
+    t = g.op("Transpose", [g.op("Reshape", [t, g.ints([b, heads, s, d])]), ], perm=[0, 2, 1, 3])
+    g.output(g.matmul(g.op("Reshape", [t, g.ints([b, s, heads * d])]), heads * d, 6, name="out"))
+    m = g.model()
+    a = run_analysis(m)
+    grp = group_of(a, "out", "consumer")
+    assert grp.producers == ["proj"] and grp.size == heads and not grp.frozen
+    cut = a.cut(grp.units[:1])
+    assert cut.kept("tile_out", 0).sum() == b * (heads - 1)
+    assert_oracle(m)
+
+
+def test_tile_of_a_size_1_axis_is_not_a_channel():
+    g = GraphBuilder()
+    x = g.input("x", [1, 8])
+    t = g.op("Tile", [g.matmul(x, 8, 12, name="m1"), g.ints([3, 1])], name="tile")  # [3, 12]
+    g.output(g.op("Transpose", [t], perm=[1, 0]))
+    a = run_analysis(g.model())
+    assert sizes(a.prunable) == []
+    said = [str(r) for refusals in a.space_reasons.values() for r, _ in refusals]
+    assert "Tile 'tile' repeats axis 0" in said

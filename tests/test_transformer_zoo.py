@@ -4,7 +4,7 @@ Runtime at the export size and, where the export is dynamic, at a second batch/l
 
 Exports go through :func:`get_transformer_model`, i.e. the shared zoo cache
 (``$GRAPHPRUNE_ZOO_CACHE`` or ``<repo>/.cache/zoo``), keyed by the torch / transformers /
-onnx / onnxscript versions and the zoo module's source: a cold run exports all 34 models
+onnx / onnxscript versions and the zoo module's source: a cold run exports all 54 models
 (most of the time is the dynamo exporter), later runs only check them.
 """
 
@@ -63,11 +63,21 @@ EXPECTED_MODELS = [
     "segformer",
     "whisper_encoder",
     "wav2vec2",
+    "phi3",
+    "falcon",
+    "bloom",
+    "gptbigcode",
+    "deberta_v2",
+    "modernbert",
+    "convbert",
+    "funnel",
+    "wavlm",
+    "convnextv2",
 ]
-# Models with tied parameters (one tensor registered twice): GPT-2's LM head is its token
-# embedding; T5EncoderModel's encoder.embed_tokens is its `shared` embedding. (ALBERT shares
-# differently: one layer module is called num_hidden_layers times.)
-TIED_PARAM_MODELS = {"gpt2", "t5_encoder"}
+# Models with tied parameters (one tensor registered twice): the LM heads of GPT-2, Falcon, BLOOM
+# and GPTBigCode are their token embeddings; T5EncoderModel's encoder.embed_tokens is its `shared`
+# embedding. (ALBERT shares differently: one layer module is called num_hidden_layers times.)
+TIED_PARAM_MODELS = {"gpt2", "t5_encoder", "falcon", "bloom", "gptbigcode"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,8 +1,10 @@
 """The dependency analyzer: run every node's rule, join the ties, and read off groups of coupled channels.
 
 Two passes: pass A runs without the reshape rules' merge/split ties to learn which axes are channel-like
-(reach a weight's channel axis); pass B runs everything, letting Reshape/Flatten pick the channel-carrying
-axis among the axes they merge or split (NCHW and NHWC flatten, attention heads, channel shuffle).
+(reach a weight's channel axis) and which are attention axes (the head axis and the head-dim axis of
+Q·Kᵀ and softmax·V, marked by the rules that see them); pass B runs everything, letting Reshape/Flatten pick
+the channel-carrying axis among the axes they merge or split (NCHW and NHWC flatten, attention heads,
+channel shuffle).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Group:
     producers: list[str]
     consumers: list[str]
     round_multiple: int = 1  # channels per unit in the group's data spaces (for --round-to)
-    kind: str = "channel"  # "channel" (convolutions), "head", "mlp" (linear layers), "hidden" (normalised axis)
+    kind: str = "channel"  # "channel", "head" (attention), "mlp" (linear layers), "hidden" (normalised axis)
 
     @property
     def size(self) -> int:
@@ -108,6 +110,7 @@ class Analysis:
 
 
 CONTROL_FLOW = ("If", "Loop", "Scan")
+ATTENTION_MARKS = ("head", "head_dim")  # marks rules put on attention axes (RuleContext.mark)
 
 
 def _freeze_control_flow(ctx) -> None:
@@ -131,6 +134,8 @@ class _Analyzer:
         for name in self._all_tensors():
             self.spaces.add_tensor(name, view.shape(name), view.is_stored_constant(name))
         self._channel_like: np.ndarray | None = None  # per space id, after pass A
+        self._attention: dict[str, np.ndarray] = {}  # mark -> per space id, after pass A (ATTENTION_MARKS)
+        self._kept_in_a: np.ndarray | None = None  # per space id, after pass A: tied to an axis pass A froze
         self.internal_errors: list[Refusal] = []  # over both passes, each once
         self._reset()
 
@@ -140,7 +145,7 @@ class _Analyzer:
         self.roles: list[Role] = []
         self.reasons: dict[int, list[tuple[Refusal, bool]]] = {}
         self.frozen_elements: list[tuple[np.ndarray, Refusal]] = []
-        self.marks: dict[int, str] = {}
+        self.marks: dict[int, set[str]] = {}
 
     def _all_tensors(self):
         seen = dict.fromkeys(self.view.input_names)
@@ -161,7 +166,7 @@ class _Analyzer:
             lst.append((refusal, silent))
 
     def mark(self, space_id: int, what: str) -> None:
-        self.marks[space_id] = what
+        self.marks.setdefault(space_id, set()).add(what)
 
     def freeze_elements(self, elements: np.ndarray, refusal: Refusal) -> None:
         self.frozen_elements.append((np.asarray(elements, dtype=np.int64), refusal))
@@ -171,6 +176,17 @@ class _Analyzer:
         if sp is None or self._channel_like is None:
             return False
         return bool(self._channel_like[sp.id])
+
+    def is_kept_in_a(self, tensor: str, axis: int) -> bool:
+        sp = self.spaces.get(tensor, axis)
+        return sp is not None and self._kept_in_a is not None and bool(self._kept_in_a[sp.id])
+
+    def attention_role(self, tensor: str, axis: int) -> str | None:
+        """"head" or "head_dim" when pass A tied this axis to one the rules marked so, else None."""
+        sp = self.spaces.get(tensor, axis)
+        if sp is None:
+            return None
+        return next((m for m in ATTENTION_MARKS if m in self._attention and self._attention[m][sp.id]), None)
 
     # ---- running ------------------------------------------------------------------------------------
     def run_pass(self, pass_name: str) -> None:
@@ -257,12 +273,27 @@ class _Analyzer:
             if r.weight:
                 sp = self.spaces.spaces[r.space]
                 weight_roots[roots[sp.offset:sp.offset + sp.size]] = True
-        self._channel_like = np.array(
-            [bool(weight_roots[roots[sp.offset:sp.offset + sp.size]].any()) for sp in self.spaces.spaces],
-            dtype=bool)
+        self._channel_like = self._reaches(roots, weight_roots)
+        for what in ATTENTION_MARKS:
+            marked = np.zeros(self.spaces.total, dtype=bool)
+            for sid, whats in self.marks.items():
+                if what in whats:
+                    sp = self.spaces.spaces[sid]
+                    marked[roots[sp.offset:sp.offset + sp.size]] = True
+            self._attention[what] = self._reaches(roots, marked)
+        kept = np.zeros(self.spaces.total, dtype=bool)
+        for sid in self.reasons:
+            sp = self.spaces.spaces[sid]
+            kept[roots[sp.offset:sp.offset + sp.size]] = True
+        self._kept_in_a = self._reaches(roots, kept)
         self.run_pass("B")
         roots = self.components()
         return self._build(roots)
+
+    def _reaches(self, roots: np.ndarray, hit_roots: np.ndarray) -> np.ndarray:
+        """Per space: does any of its elements belong to a hit component."""
+        return np.array([bool(hit_roots[roots[sp.offset:sp.offset + sp.size]].any()) for sp in self.spaces.spaces],
+                        dtype=bool)
 
     # ---- reading off groups -------------------------------------------------------------------------
     def _build(self, roots: np.ndarray) -> Analysis:
@@ -368,31 +399,36 @@ class _Analyzer:
         # Channels per unit in data spaces decide what --round-to can promise.
         per_unit = [sp.size // max(len(units), 1) for sp in spaces if not sp.constant and exclusive(sp)]
         mult = min(per_unit) if per_unit else 1
-        kind = self._kind(spaces, role_by_space, len(units))
+        kind = self._kind(spaces, role_by_space)
         return Group(gid, anchor.key, ordered, list(sig), frozen, shown, nodes,
                      list(dict.fromkeys(producers)), list(dict.fromkeys(consumers)), max(mult, 1), kind)
 
-    def _kind(self, spaces, role_by_space, n_units) -> str:
-        """What the units are, for per-kind ratios: attention heads, MLP neurons, hidden size or channels."""
-        if any(self.marks.get(sp.id) == "hidden" for sp in spaces):
+    def _kind(self, spaces, role_by_space) -> str:
+        """What the units are, for per-kind ratios, read from the structure: an axis marked as an attention
+        head (or head dim) by Q·Kᵀ / softmax·V is "head"; a normalised axis is "hidden"; units that linear
+        layers produce and linear layers consume (an MLP's hidden neurons, however the layers are fused) are
+        "mlp"; the rest (convolutions, a linear layer's output that no linear layer reads) are "channel"."""
+        marks = set().union(*(self.marks.get(sp.id, ()) for sp in spaces))
+        if "hidden" in marks:
             return "hidden"
-        linear, conv, multi = False, False, False
+        if marks & set(ATTENTION_MARKS):
+            return "head"
+        produced, consumed, conv = False, False, False
         for sp in spaces:
             for role in role_by_space.get(sp.id, []):
                 if not role.weight:
                     continue
                 op = self.view.nodes[role.node].op_type
-                if op in ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger"):
+                if op in ("LSTM", "GRU", "RNN"):
+                    conv = True  # a recurrent hidden size (its gate blocks included) is channels, not MLP neurons
+                elif op in ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger"):
                     # A depthwise conv inside an MLP (SegFormer's Mix-FFN) only produces: it stays an MLP.
-                    conv = conv or role.kind == "consumer" or not linear
+                    conv = conv or role.kind == "consumer"
+                elif role.kind == "producer":
+                    produced = True
                 else:
-                    linear = True
-                rule = registry.lookup(self.view.nodes[role.node].domain, op)
-                if role.kind == "producer" and sp.size > n_units and rule.family != "recurrent":
-                    multi = True  # several elements per unit: heads (a recurrent layer's are its gates)
-        if linear and not conv:
-            return "head" if multi else "mlp"
-        return "channel"
+                    consumed = True
+        return "mlp" if produced and consumed and not conv else "channel"
 
 
 def analyze(model_or_view, options: AnalysisOptions | None = None) -> Analysis:

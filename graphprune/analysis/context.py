@@ -78,6 +78,17 @@ class RuleContext:
         """True when this axis reaches a weight's channel axis without crossing a reshape (pass B only)."""
         return self._a.is_channel_like(tensor, axis)
 
+    def always_kept(self, tensor: str, axis: int) -> bool:
+        """True when, even without crossing a reshape, this axis is tied to one that keeps every channel (a
+        graph input's batch or sequence axis, an axis Softmax mixes or Tile repeats; pass B only)."""
+        return self._a.is_kept_in_a(tensor, axis)
+
+    def attention_role(self, tensor: str, axis: int) -> str | None:
+        """"head" when this axis reaches, without crossing a reshape, an axis marked as attention heads (a
+        batch axis of Q·Kᵀ or softmax·V), "head_dim" for one marked as the dimension inside a head (what Q·Kᵀ
+        contracts, what softmax·V keeps), else None (pass B only)."""
+        return self._a.attention_role(tensor, axis)
+
     # ---- saying -------------------------------------------------------------------------------------
     def refusal(self, why, tensor: str | None = None, axis: int | None = None, kind: str = UNSUPPORTED) -> Refusal:
         """A Refusal said by this node (`why` may already be one: it keeps its own fields)."""
@@ -156,7 +167,8 @@ class RuleContext:
         self._a.roles.append(Role(kind, sp.id, self.index, k, axis, self.is_weight(tensor)))
 
     def mark(self, tensor: str, axis: int, what: str) -> None:
-        """Label a space (e.g. "hidden": a normalised axis cut under --prune-hidden)."""
+        """Label a space: "hidden" (a normalised axis, cut under --prune-hidden), "head" / "head_dim" (attention
+        axes: reshapes pick heads by them, and groups holding them are heads)."""
         sp = self.space(tensor, axis)
         if sp is not None:
             self._a.mark(sp.id, what)

@@ -34,6 +34,20 @@ class ScaledDimEntry:
     tensor: str  # value = factor * dim(tensor, axis), computed at run time
     axis: int
     factor: int
+    factor_tensor: str = ""  # the constant holding the factor (B * num_heads: the rewrite may change it)
+    factor_reader: int = -1  # the Mul that reads it, and at which input
+    factor_input: int = -1
+
+
+@dataclass(frozen=True)
+class QuotientDimEntry:
+    value: int | None  # value = dim(tensor, axis) // divisor, computed at run time (Bloom: (B*H) // H = B)
+    tensor: str
+    axis: int
+    divisor: int
+    divisor_tensor: str  # the constant holding the divisor, the Div that reads it, and at which input
+    divisor_reader: int
+    divisor_input: int
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,8 @@ def shape_entries(view, tensor: str, reader: int, reader_input: int, depth: int 
             base = shape_entries(view, node.input[k], p, k, depth + 1)
             if base is not None and all(isinstance(e, DimEntry) for e in base):
                 f = int(np.ravel(c)[0])
-                return [ScaledDimEntry(None if e.value is None else e.value * f, e.tensor, e.axis, f) for e in base]
+                return [ScaledDimEntry(None if e.value is None else e.value * f, e.tensor, e.axis, f,
+                                       node.input[1 - k], p, 1 - k) for e in base]
         # dim * a dim of size 1, as in CRNN's reshape(n, c * h, w) with h == 1: the other dim, unchanged
         for k in (0, 1):
             one = shape_entries(view, node.input[1 - k], p, 1 - k, depth + 1)
@@ -103,6 +118,15 @@ def shape_entries(view, tensor: str, reader: int, reader_input: int, depth: int 
             base = shape_entries(view, node.input[k], p, k, depth + 1)
             if base is not None and all(isinstance(e, DimEntry) for e in base):
                 return base
+        return _folded(view, tensor)
+    if op == "Div":
+        c = view.const_value(node.input[1])
+        if c is not None and c.size == 1 and int(np.ravel(c)[0]) > 0 and _shape_free(view, node.input[1]):
+            base = shape_entries(view, node.input[0], p, 0, depth + 1)
+            if base is not None and all(isinstance(e, DimEntry) for e in base):
+                d = int(np.ravel(c)[0])
+                return [QuotientDimEntry(None if e.value is None else e.value // d, e.tensor, e.axis, d,
+                                         node.input[1], p, 1) for e in base]
         return _folded(view, tensor)
     if op == "Shape":
         src = node.input[0]

@@ -90,6 +90,7 @@ def ms_attention(ctx):
     ry = len(sy)
     anchor = (y, ry - 1, sy[-1])
     _tie_within_heads(ctx, y, ry - 1, heads)
+    ctx.mark(y, ry - 1, "head")
     offset = 0
     for size in sizes:
         _head_ties(ctx, w, 1, heads, size // heads, offset, anchor)
@@ -121,6 +122,7 @@ def ms_mha(ctx):
         return
     anchor = (y, 2, sy[2])
     _tie_within_heads(ctx, y, 2, heads)
+    ctx.mark(y, 2, "head")
     for t in (q, k, v):
         st = ctx.shape(t)
         _head_ties(ctx, t, 2, heads, st[2] // heads, 0, anchor)

@@ -2,14 +2,20 @@
 
 When an operand is a constant (a weight, possibly seen through Transpose/Cast/Identity), its contraction
 axis consumes channels and its other matrix axis produces them. Two activations (attention's Q·Kᵀ and
-P·V) are handled by the same ties.
+P·V) are handled by the same ties, and their axes are marked: the batch axes are attention heads, the axis
+Q·Kᵀ contracts and the axis P·V keeps from V are the dimension inside a head. Reshapes read these marks to
+cut whole heads (or, with --prune-head-dim, head dimensions), and groups holding them are of kind "head".
 """
 
 from __future__ import annotations
 
 import math
 
+from ..reasons import BY_DESIGN
 from ..registry import register
+from .elementwise import BROADCAST, UNARY
+
+_PASS_THROUGH = frozenset(UNARY) | frozenset(BROADCAST)  # ops between a Softmax and P·V (Cast, Dropout, Where)
 
 
 def _roles(ctx, operand, k_axis, n_axis):
@@ -62,6 +68,49 @@ def gemm(ctx):
         ctx.role("consumer", a, a_k)
 
 
+def _from_softmax(ctx, tensor, depth: int = 6) -> bool:
+    """Is `tensor` a softmax's output, seen through elementwise ops (Cast, Dropout, sdpa's Where(IsNaN))."""
+    view = ctx.view
+    todo, seen = [tensor], set()
+    while todo and depth > 0:
+        depth -= 1
+        nxt = []
+        for t in todo:
+            p = view.producer.get(t)
+            if p is None or t in seen:
+                continue
+            seen.add(t)
+            node = view.nodes[p]
+            if node.op_type in ("Softmax", "LogSoftmax"):
+                return True
+            if node.op_type in _PASS_THROUGH:
+                nxt += [i for i in node.input if i and not view.is_constant(i)]
+        todo = nxt
+    return False
+
+
+def _mark_attention(ctx, a, a_k, b, b_k, b_n, y, y_n, n_batch):
+    """Q·Kᵀ or P·V (two activations with batch axes): the batch axes are heads; the head dimension is what
+    Q·Kᵀ contracts, or what P·V keeps from V (P·V's contraction is the key sequence, not a channel)."""
+    for ax in range(n_batch):
+        ctx.mark(y, ax, "head")
+    if _from_softmax(ctx, a):
+        dims = [(b, b_n), (y, y_n)] if b_n is not None else []
+    else:
+        dims = [(a, a_k), (b, b_k)]
+    _head_dims(ctx, dims, n_batch)
+
+
+def _head_dims(ctx, dims, n_batch):
+    """Mark the dimension inside heads; with batch and head axes both there (multi-head attention), keep it
+    whole unless --prune-head-dim: default options cut whole heads only."""
+    for t, ax in dims:
+        ctx.mark(t, ax, "head_dim")
+        if n_batch >= 2 and not ctx.options.prune_head_dim:
+            ctx.fix(t, ax, f"{ctx.op} '{ctx.name}' reads axis {ax} of '{t}' as the dimension inside attention "
+                           "heads: it is cut only with --prune-head-dim", BY_DESIGN)
+
+
 @register("linear", "MatMul", macs=matmul_macs)
 def matmul(ctx):
     """MatMul with numpy semantics: [..., M, K] · [..., K, N], batch axes broadcast."""
@@ -97,3 +146,126 @@ def matmul(ctx):
         _roles(ctx, a, a_k, a_m)
     else:
         ctx.role("consumer", a, a_k)
+        if nb_y > 0:
+            _mark_attention(ctx, a, a_k, b, b_k, b_n, y, y_n, nb_y)
+
+
+# ---------------------------------------------------------------------------------------------- Einsum
+
+
+def _equation(view, node) -> str:
+    eq = view.attr(node, "equation", "")
+    return (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+
+
+def _einsum_terms(eq: str, ranks: list[int]) -> tuple[list[str], str] | None:
+    """One letter per axis of each operand and of the output ("..." spelled out as digits, numpy-aligned from
+    the right), or None if the equation does not fit the ranks."""
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks) or not all(c.isalpha() or c in ".,->" for c in eq):
+        return None
+    n_ell = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks) if "..." in t), default=0)
+    ell = "".join(str(k) for k in range(n_ell)) if n_ell <= 10 else None
+    if ell is None:
+        return None
+    spelled = []
+    for t, r in zip(terms, ranks):
+        if "..." in t:
+            k = r - len(t.replace("...", ""))
+            t = t.replace("...", ell[n_ell - k:] if k > 0 else "")
+        if len(t) != r:
+            return None
+        spelled.append(t)
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:  # implicit output: the ellipsis, then the letters used once, sorted
+        letters = "".join(spelled)
+        out = ell + "".join(sorted(c for c in set(letters) if c.isalpha() and letters.count(c) == 1))
+    return spelled, out
+
+
+def einsum_macs(view, node):
+    """Each output element sums over the contracted letters: one multiply-accumulate per letter combination."""
+    shapes = [view.shape(t) for t in node.input]
+    if len(shapes) != 2 or None in shapes:
+        return 0, []
+    parsed = _einsum_terms(_equation(view, node), [len(s) for s in shapes])
+    if parsed is None:
+        return 0, []
+    terms, out = parsed
+    sizes, where = {}, {}
+    for t, letters, shape in zip(node.input, terms, shapes):
+        for ax, (c, d) in enumerate(zip(letters, shape)):
+            if d is None:
+                return 0, []
+            if d != 1:
+                sizes[c] = d
+            where.setdefault(c, (t, ax))
+    for ax, c in enumerate(out):
+        where[c] = (node.output[0], ax)
+    return math.prod(sizes.values()), [where[c] for c in sizes]
+
+
+@register("linear", "Einsum", macs=einsum_macs)
+def einsum(ctx):
+    """Einsum: axes named by one letter are tied across operands and output; weights consume contracted letters.
+
+    A weight's contracted letters consume channels and the letters only it gives the output produce them
+    (`bld,dh->blh`). Two activations are attention (`bhqd,bhkd->bhqk`, `bhqk,bhkd->bhqd`): the letters both
+    keep are heads. A letter repeated in one term (a diagonal) is not followed."""
+    eq = _equation(ctx.view, ctx.node)
+    ranks = [ctx.rank(t) for t in ctx.inputs]
+    y = ctx.output(0)
+    parsed = None if None in ranks or ctx.rank(y) is None else _einsum_terms(eq, ranks)
+    if parsed is None:
+        ctx.freeze_node(f"Einsum '{ctx.name}': equation '{eq}' or operand shapes not understood")
+        return
+    terms, out = parsed
+    anchor: dict[str, tuple[str, int]] = {}  # the first axis seen per letter, the output's first
+    for ax, c in enumerate(out):
+        anchor.setdefault(c, (y, ax))
+    for t, letters in [(y, out)] + list(zip(ctx.inputs, terms)):
+        for ax, c in enumerate(letters):
+            if letters.count(c) > 1:
+                ctx.fix(t, ax, f"Einsum '{ctx.name}' takes a diagonal over '{c}' ('{eq}')")
+            elif ctx.shape(t)[ax] == 1:
+                ctx.free(t, ax)  # broadcast: a size-1 axis carries nothing
+            elif anchor.setdefault(c, (t, ax)) != (t, ax):
+                ctx.tie(t, ax, *anchor[c])
+            else:
+                ctx.touched.add((t, ax))
+    contracted = {c for letters in terms for c in letters if c not in out}
+    weights = [k for k, t in enumerate(ctx.inputs) if ctx.is_weight(t)]
+    for k in weights:
+        others = "".join(terms[j] for j in range(len(terms)) if j != k)
+        for ax, c in enumerate(terms[k]):
+            if c in contracted:
+                ctx.role("consumer", ctx.input(k), ax)
+            elif c not in others:
+                ctx.role("producer", ctx.input(k), ax)
+    if weights or len(terms) != 2:
+        return
+    _mark_einsum_attention(ctx, terms, out, contracted)
+
+
+def _mark_einsum_attention(ctx, terms, out, contracted):
+    """Like MatMul's: letters both operands keep are heads; what Q·Kᵀ contracts, or what P·V keeps from V only,
+    is the dimension inside a head."""
+    a, b = ctx.inputs
+    y = ctx.output(0)
+    for ax, c in enumerate(terms[0]):
+        if c in contracted:
+            ctx.role("consumer", a, ax)
+    if not contracted:
+        return  # an outer or elementwise product, not attention
+    batch = [ax for ax, c in enumerate(out) if c in terms[0] and c in terms[1]]
+    for ax in batch:
+        ctx.mark(y, ax, "head")
+    if _from_softmax(ctx, a):
+        dims = [(y, ax) for ax, c in enumerate(out) if c in terms[1] and c not in terms[0]]
+        dims += [(b, ax) for ax, c in enumerate(terms[1]) if c in out and c not in terms[0]]
+    else:
+        dims = [(t, ax) for t, letters in ((a, terms[0]), (b, terms[1])) for ax, c in enumerate(letters)
+                if c in contracted]
+    _head_dims(ctx, dims, len(batch))

@@ -156,7 +156,10 @@ def reduce(ctx):
             ctx.fix(y, oy)
             oy += 1
         elif ax in axes:
-            ctx.fix(x, ax, f"{ctx.op} '{ctx.name}' reduces over axis {ax}", BY_DESIGN)
+            why = (f"{ctx.op} '{ctx.name}' normalises over axis {ax} (a decomposed LayerNorm/RMSNorm, or a norm "
+                   "across channels such as ConvNeXtV2's GRN: hidden-size pruning changes its statistics; opt in "
+                   "with --prune-hidden)") if norm_like else f"{ctx.op} '{ctx.name}' reduces over axis {ax}"
+            ctx.fix(x, ax, why, BY_DESIGN)
             if keep:
                 ctx.fix(y, oy)
                 oy += 1

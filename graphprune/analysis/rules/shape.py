@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...core.shape_values import ConstEntry, DimEntry, ScaledDimEntry, shape_entries
+from ...core.shape_values import (
+    ConstEntry,
+    DimEntry,
+    OtherEntry,
+    QuotientDimEntry,
+    ScaledDimEntry,
+    shape_entries,
+)
 from ..reasons import BY_DESIGN
 from ..registry import register
+from ..spaces import connected_components, sorted_unique
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -85,7 +93,22 @@ def _big(shape, axes):
 
 
 def _pick_carrier(ctx, tensor, axes, shape, lookahead_perm=None):
-    """Which of several merged/split axes carries the channels."""
+    """Which of several merged/split axes carries the channels.
+
+    Attention axes decide first (RuleContext.attention_role): whole heads by default, the dimension inside
+    heads with --prune-head-dim, whatever else reaches a weight (multi-query attention's shared K/V, a
+    per-head-dim linear layer). An axis that keeps every channel anyway (RuleContext.always_kept: batch,
+    sequence) carries only if all do: its channels are all kept, and so would be those of the merged axis.
+    Otherwise the channel-like axis, else the first (NCHW and NHWC flatten), or the last of two with
+    --prune-head-dim."""
+    roles = {ax: ctx.attention_role(tensor, ax) for ax in axes}
+    want = _wanted_role(ctx)
+    marked = [ax for ax in axes if roles[ax] == want]
+    if len(marked) == 1:
+        return marked[0]
+    if not ctx.options.prune_head_dim:
+        axes = [ax for ax in axes if roles[ax] != "head_dim"] or axes
+    axes = [ax for ax in axes if not ctx.always_kept(tensor, ax)] or axes
     like = [ax for ax in axes if ctx.channel_like(tensor, ax)]
     if len(like) == 1:
         return like[0]
@@ -145,16 +168,20 @@ _REGROUP_LIMIT = 1 << 22  # elements of a regrouped block we are willing to enum
 
 
 def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
-    """Axes regrouped many-to-many (MobileViT's unfold: [C, H] -> [C*nH, ph]). The channel axis c on one
-    side is tied to an axis b on the other side when one coordinate is a function of the other over the
-    block's flat index: cutting c's value k then removes exactly the slices of b that map to k."""
+    """Axes regrouped many-to-many (MobileViT's unfold: [C, H] -> [C*nH, ph]; multi-head attention that
+    folds heads into the batch: [B, H*D] -> [B*H, D], and back). The channel axis c on one side (the
+    channel-like one, else the one marked as heads) is tied to an axis b on the other side, each value of c
+    to every value of b it shares an element of the block with: a unit (connected values of c and b) then
+    covers the same block elements on both sides, so cutting it removes whole slices of c and of b, in the
+    same order. b is an axis that splits c into more than one unit: attention heads first (the dimension
+    inside heads only under --prune-head-dim), never an axis pass A already keeps whole, then the one with
+    the fewest, widest units."""
     din = [sx[a] for a in bi]
     dout = [sy[b] for b in bj]
     size = int(np.prod(din))
     why = f"{ctx.op} '{ctx.name}' regroups axes {bi} into {bj}"
-    like_in = [a for a in bi if ctx.channel_like(x, a)]
-    like_out = [b for b in bj if ctx.channel_like(y, b)]
-    if size > _REGROUP_LIMIT or len(like_in) + len(like_out) != 1:
+    carrier = _regroup_carrier(ctx, x, y, bi, bj)
+    if size > _REGROUP_LIMIT or carrier is None:
         for a in bi:
             ctx.fix(x, a, why)
         for b in bj:
@@ -163,30 +190,33 @@ def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
     flat = np.arange(size)
     cin = np.stack(np.unravel_index(flat, din))
     cout = np.stack(np.unravel_index(flat, dout))
-    if like_in:
-        c_side, c_axes, c_coords, o_side, o_axes, o_coords = x, bi, cin, y, bj, cout
+    c_side, c = carrier
+    if c_side == x:
+        c_axes, c_coords, o_side, o_axes, o_coords = bi, cin, y, bj, cout
     else:
-        c_side, c_axes, c_coords, o_side, o_axes, o_coords = y, bj, cout, x, bi, cin
-    c = (like_in or like_out)[0]
+        c_axes, c_coords, o_side, o_axes, o_coords = bj, cout, x, bi, cin
     cc = c_coords[c_axes.index(c)]
-    tied = None
+    n_c = sx[c] if c_side == x else sy[c]
+    options, inside_heads = [], False
     for k, b in enumerate(o_axes):
         oc = o_coords[k]
-        n_o, n_c = (sy[b] if o_side == y else sx[b]), (sx[c] if c_side == x else sy[c])
-        f = np.full(n_o, -1)
-        f[oc] = cc  # last write wins; check it is a function below
-        if np.array_equal(f[oc], cc):  # channel coordinate is a function of b's coordinate
-            ctx.tie(o_side, b, c_side, c, np.arange(n_o), f)
-            tied = b
-            break
-        g = np.full(n_c, -1)
-        g[cc] = oc
-        if np.array_equal(g[cc], oc):  # b's coordinate is a function of the channel coordinate
-            ctx.tie(c_side, c, o_side, b, np.arange(n_c), g)
-            tied = b
-            break
-    if tied is None:
-        ctx.fix(c_side, c, why)
+        n_o = sy[b] if o_side == y else sx[b]
+        pairs = sorted_unique(cc * n_o + oc)
+        pc, pb = pairs // n_o, pairs % n_o
+        units = len(sorted_unique(connected_components(n_c + n_o, pc, n_c + pb)))
+        if units < 2 or ctx.always_kept(o_side, b):
+            continue  # nothing to cut along b, or b keeps everything it is tied to
+        if ctx.attention_role(o_side, b) == "head_dim" and not ctx.options.prune_head_dim:
+            inside_heads = True
+            continue
+        options.append((ctx.attention_role(o_side, b) != _wanted_role(ctx), units, k, b, pc, pb))
+    tied = None
+    if options:
+        *_, tied, pc, pb = min(options, key=lambda o: o[:3])
+        ctx.tie(c_side, c, o_side, tied, pc, pb)
+    else:
+        ctx.fix(c_side, c, f"{why}: only the dimension inside attention heads follows its channels (cut with "
+                           "--prune-head-dim)" if inside_heads else why, BY_DESIGN if inside_heads else None)
     for a in c_axes:
         if a != c:
             ctx.fix(c_side, a, _non_carrier_reason(ctx, c_side, a))
@@ -195,7 +225,29 @@ def _regroup_ties(ctx, x, y, bi, bj, sx, sy):
             ctx.fix(o_side, b, why if tied is None else _non_carrier_reason(ctx, o_side, b))
 
 
+def _wanted_role(ctx) -> str:
+    """The attention axis channels follow: whole heads, or the dimension inside them with --prune-head-dim."""
+    return "head_dim" if ctx.options.prune_head_dim else "head"
+
+
+def _regroup_carrier(ctx, x, y, bi, bj):
+    """(tensor, axis) of a regroup's channel axis: the one channel-like axis, else the one head axis of those
+    pass A does not keep whole (a batch axis tied to Q·Kᵀ's is marked too)."""
+    def head(t, ax):
+        return ctx.attention_role(t, ax) == _wanted_role(ctx) and not ctx.always_kept(t, ax)
+
+    for test in (ctx.channel_like, head):
+        hits = [(t, a) for t, axes in ((x, bi), (y, bj)) for a in axes if test(t, a)]
+        if hits:
+            return hits[0] if len(hits) == 1 else None
+    return None
+
+
 def _non_carrier_reason(ctx, t, ax):
+    """Why an axis merged or split beside the carrier keeps its channels (None: it has none to cut)."""
+    if ctx.attention_role(t, ax) == "head_dim" and not ctx.options.prune_head_dim and ctx.channel_like(t, ax):
+        return ctx.refusal(f"{ctx.op} '{ctx.name}' keeps axis {ax} of '{t}', the dimension inside attention heads, "
+                           "whole (cut it with --prune-head-dim)", t, ax, BY_DESIGN)
     if ctx.channel_like(t, ax):
         return (f"{ctx.op} '{ctx.name}' merges axis {ax} of '{t}' with another channel axis; only one of them "
                 f"can be cut")
@@ -213,16 +265,18 @@ def _single_transpose_consumer(ctx, y):
     return None
 
 
-def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None):
-    """Make sure every output axis that may be cut has a shape entry the rewrite can follow."""
+def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None, broadcast=False):
+    """Make sure every output axis that may be cut has a shape entry the rewrite can follow. `broadcast`
+    (Expand): an entry that folds to 1 keeps the input's dim, whatever the cut."""
     shp = ctx.input(shape_input_index)
     for ax in ctx.axes(shp):
         ctx.fix(shp, ax)
     entries = shape_entries(ctx.view, shp, ctx.index, shape_input_index)
+    _quotients_ok(ctx, entries, "shape entry")
     for ax in ctx.axes(y):
+        e = entries[ax] if entries is not None and ax < len(entries) else None
         if ctx.space(y, ax) is None:
             continue
-        e = entries[ax] if entries is not None and ax < len(entries) else None
         if isinstance(e, ConstEntry):
             if e.value == 0 and not (allow_zero_from and allow_zero_from(ax)):
                 ctx.fix(y, ax, f"{ctx.op} '{ctx.name}' copies axis {ax} from its input with a 0 entry")
@@ -231,14 +285,39 @@ def _check_shape_input(ctx, y, shape_input_index, allow_zero_from=None):
             if ctx.space(e.tensor, e.axis) is not None:
                 ctx.tie(y, ax, e.tensor, e.axis)
             continue
+        if broadcast and isinstance(e, OtherEntry) and e.value == 1:
+            continue  # e.g. ConstantOfShape(1): the axis is the input's, tied by the rule
         if isinstance(e, ScaledDimEntry) and e.value == ctx.space(y, ax).size and e.factor > 0:
-            # The entry is factor * (a dim read at run time): each of those channels owns `factor`
-            # consecutive elements here, so the computed size follows the cut by construction.
             if ctx.space(e.tensor, e.axis) is not None:
+                # The entry is factor * (a dim read at run time): each of those channels owns `factor`
+                # consecutive elements here, so the computed size follows the cut by construction.
                 n = ctx.space(y, ax).size
                 ctx.tie(y, ax, e.tensor, e.axis, np.arange(n), np.arange(n) // e.factor)
+                continue
+            if e.value == e.factor and e.factor_tensor:
+                continue  # batch * num_heads at batch 1: the rewrite sets the factor to the kept count
+        if isinstance(e, ScaledDimEntry):
+            ctx.fix(y, ax, f"{ctx.op} '{ctx.name}': shape entry {ax} is {e.factor} times a dim read at run time")
             continue
         ctx.fix(y, ax, f"{ctx.op} '{ctx.name}': shape entry {ax} is computed at run time")
+
+
+def _quotients_ok(ctx, entries, what: str) -> None:
+    """An entry (channels // divisor) read at run time (Bloom's and DeBERTa's batch = (B*H) // H) stays
+    right only where it is 1 at analysis (batch 1): the rewrite then sets the divisor to the kept count.
+    Elsewhere the axis it reads keeps its channels."""
+    for ax, e in enumerate(entries or []):
+        if isinstance(e, QuotientDimEntry) and ctx.space(e.tensor, e.axis) is not None and e.value != 1:
+            ctx.fix(e.tensor, e.axis, f"{ctx.op} '{ctx.name}': {what} {ax} divides this axis by {e.divisor}")
+
+
+def _rewrite_quotients(rctx, entries) -> None:
+    for e in entries or []:
+        if isinstance(e, QuotientDimEntry) and e.value == 1:
+            new = rctx.new_dim(e.tensor, e.axis)  # (B*H') // H' is B again
+            if new is not None and new != e.divisor:
+                old = np.asarray(rctx.const(e.divisor_tensor))
+                rctx.set_const(e.divisor_tensor, e.divisor_reader, e.divisor_input, np.full(old.shape, new, old.dtype))
 
 
 def rewrite_shape_input(rctx, shape_input_index: int, out: str) -> None:
@@ -246,8 +325,17 @@ def rewrite_shape_input(rctx, shape_input_index: int, out: str) -> None:
     entries = shape_entries(rctx.view, rctx.node.input[shape_input_index], rctx.index, shape_input_index)
     if entries is None:
         return
+    _rewrite_quotients(rctx, entries)
     changes: dict[tuple, dict[int, int]] = {}
     for ax, e in enumerate(entries):
+        if isinstance(e, QuotientDimEntry):
+            continue  # _rewrite_quotients
+        if isinstance(e, ScaledDimEntry) and e.factor_tensor and e.value == e.factor:
+            new = rctx.new_dim(out, ax)  # the dim read at run time was 1 here: the factor is the channel count
+            if new is not None and new != e.factor:
+                old = np.asarray(rctx.const(e.factor_tensor))
+                rctx.set_const(e.factor_tensor, e.factor_reader, e.factor_input, np.full(old.shape, new, old.dtype))
+            continue
         if not isinstance(e, ConstEntry) or e.value <= 1:
             continue
         new = rctx.new_dim(out, ax)
@@ -606,7 +694,7 @@ def gather(ctx):
     flat = np.ravel(idx).astype(np.int64)
     flat = np.where(flat < 0, flat + (d or 0), flat)
     ctx.free(x, axis)
-    if ri == 0:
+    if flat.size == 1:  # a scalar index, or a list of one (Falcon's fused_qkv[..., [-2], :])
         ctx.fix_elements(x, axis, flat, f"Gather '{ctx.name}' reads a single channel", BY_DESIGN)
     elif sum(n > 1 for n in si) == 1 and np.all(np.diff(flat) > 0):
         # indices of shape [1, n, 1] etc.: one output axis carries the selected channels, in order
@@ -616,6 +704,95 @@ def gather(ctx):
         ctx.fix(x, axis, f"Gather '{ctx.name}' repeats or reorders channels")
         for ax in range(ri):
             ctx.fix(y, axis + ax)
+
+
+def _nd_params(ctx):
+    """(batch_dims, k = indices' last dim, data rank, indices rank) of a GatherND, or None if unknown."""
+    sx, si = ctx.shape(ctx.input(0)), ctx.shape(ctx.input(1))
+    if sx is None or si is None or not si or si[-1] is None:
+        return None
+    return ctx.attr("batch_dims", 0), int(si[-1]), len(sx), len(si)
+
+
+def rewrite_gather_nd(rctx):
+    """Constant single-axis indices (k = 1) into a cut axis 0 are renumbered, and dropped where the output
+    axis they fill lost channels, as for Gather."""
+    node = rctx.node
+    x, y = node.input[0], node.output[0]
+    kept = rctx.kept(x, 0)
+    if kept is None or rctx.attr("batch_dims", 0) != 0:
+        return
+    idx = np.array(rctx.const(node.input[1]))
+    if idx.shape[-1] != 1:
+        return
+    d = rctx.old_shape(x)[0]
+    idx = np.where(idx < 0, idx + d, idx)
+    big = [k for k, n in enumerate(idx.shape[:-1]) if n > 1]
+    if len(big) == 1:
+        kept_out = rctx.kept(y, big[0])
+        if kept_out is not None:
+            idx = np.take(idx, kept_out, axis=big[0])
+    rctx.set_input_const(1, np.searchsorted(kept, idx).astype(idx.dtype))
+
+
+@register("layout", "GatherND", rewrite=rewrite_gather_nd)
+def gather_nd(ctx):
+    """GatherND: batch axes and the data axes after the indexed ones pass through; constant indices into
+    one axis select channels like Gather's; an axis indexed otherwise (or with repeats) is not a channel."""
+    x, ind, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    params = _nd_params(ctx)
+    if params is None or ctx.rank(y) is None:
+        ctx.freeze_node(f"GatherND '{ctx.name}': shapes unknown")
+        return
+    b, k, r, q = params
+    for ax in range(b):  # batch axes: data, indices and output share them
+        ctx.tie(x, ax, y, ax)
+        ctx.tie(ind, ax, y, ax)
+    for ax in range(b + k, r):  # trailing data axes: the slices copied whole
+        ctx.tie(x, ax, y, q - 1 + ax - b - k)
+    for ax in range(b, q - 1):
+        ctx.tie(ind, ax, y, ax)
+    ctx.fix(ind, q - 1)
+    idx = ctx.const(ind)
+    d = ctx.shape(x)[b] if k == 1 else None
+    if idx is None or k != 1 or b != 0 or d is None:
+        for ax in range(b, b + k):
+            ctx.fix(x, ax, f"GatherND '{ctx.name}' indexes axis {ax} of '{x}'"
+                    + (" with run-time indices" if idx is None else ""))
+        return
+    flat = np.ravel(idx).astype(np.int64)
+    flat = np.where(flat < 0, flat + d, flat)
+    si = ctx.shape(ind)[:-1]
+    ctx.free(x, 0)
+    big = [a for a, n in enumerate(si) if n > 1]
+    if not big:
+        ctx.fix_elements(x, 0, flat, f"GatherND '{ctx.name}' reads a single channel", BY_DESIGN)
+    elif len(big) == 1 and np.all(np.diff(flat) > 0):
+        ctx.tie(y, big[0], x, 0, None, flat)
+    else:
+        ctx.fix(x, 0, f"GatherND '{ctx.name}' repeats or reorders the rows of '{x}'")
+        for a in range(q - 1):
+            ctx.fix(y, a)
+
+
+@register("layout", "GatherElements")
+def gather_elements(ctx):
+    """GatherElements: the output has the indices' shape; along `axis` it picks data elements (not a
+    channel axis), on the other axes element i comes from data element i (a prefix when indices are shorter)."""
+    x, ind, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    sx, si = ctx.shape(x), ctx.shape(ind)
+    if sx is None or si is None or len(sx) != len(si):
+        ctx.freeze_node(f"GatherElements '{ctx.name}': shapes unknown")
+        return
+    axis = ctx.attr("axis", 0) % len(sx)
+    for ax in range(len(sx)):
+        ctx.tie(ind, ax, y, ax)
+        if ax == axis:
+            ctx.fix(x, ax, f"GatherElements '{ctx.name}' picks elements along axis {ax}", BY_DESIGN)
+        elif sx[ax] is not None and sx[ax] == si[ax]:
+            ctx.tie(x, ax, y, ax)
+        else:
+            ctx.fix(x, ax, f"GatherElements '{ctx.name}' reads only the first {si[ax]} of axis {ax}")
 
 
 def rewrite_expand(rctx):
@@ -635,12 +812,18 @@ def expand(ctx):
         ctx.tie(x, ax, y, ry - rx + ax)
     for ax in range(ry):
         ctx.free(y, ax)
-    _check_shape_input(ctx, y, 1, allow_zero_from=None)
+    _check_shape_input(ctx, y, 1, allow_zero_from=None, broadcast=True)
 
 
-@register("layout", "Tile")
+def rewrite_tile(rctx):
+    _rewrite_quotients(rctx, shape_entries(rctx.view, rctx.node.input[1], rctx.index, 1))
+
+
+@register("layout", "Tile", rewrite=rewrite_tile)
 def tile(ctx):
-    """Tile: axes repeated once pass through; repeated axes are not channels."""
+    """Tile: output element i of a repeated axis is input element i mod n (DeBERTa tiles per-head position
+    projections over the batch of a [B*H, ...] layout): cutting a channel removes all its copies. A size-1
+    axis repeated is not a channel (its copies would need new repeats)."""
     x, y = ctx.input(0), ctx.output(0)
     reps = ctx.const(ctx.input(1))
     ctx.fix_tensor(ctx.input(1))
@@ -648,9 +831,14 @@ def tile(ctx):
     if reps is None or r is None:
         ctx.freeze_node(f"Tile '{ctx.name}': repeats computed at run time")
         return
+    _quotients_ok(ctx, shape_entries(ctx.view, ctx.input(1), ctx.index, 1), "repeat count")
+    sx = ctx.shape(x)
     for ax in range(r):
-        if int(reps[ax]) == 1:
+        n, k = sx[ax], int(reps[ax])
+        if k == 1:
             ctx.tie(x, ax, y, ax)
+        elif n is not None and n > 1:
+            ctx.tie(y, ax, x, ax, np.arange(n * k), np.arange(n * k) % n)
         else:
             ctx.fix(x, ax, f"Tile '{ctx.name}' repeats axis {ax}")
             ctx.fix(y, ax, f"Tile '{ctx.name}' repeats axis {ax}")
