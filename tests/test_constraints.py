@@ -230,6 +230,19 @@ def test_input_shapes_fix_dynamic_dims(model):
     assert m.SerializeToString() == before
 
 
+def test_input_shapes_fix_a_minus_one_dim(model):
+    """Paddle exports write an unknown batch as dim_value -1 (rapidocr's text classifier): that is a dynamic
+    dim --input-shape may fix, not a static one it contradicts."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    for vi in list(m.graph.input) + list(m.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = -1
+    res = graphprune.prune(m, ratio=0.5, input_shapes={"input": [2, 3, 16, 16]})
+    out = runtime.run(res.model, runtime.synthetic_inputs(res.model, {"input": [2, 3, 16, 16]}))[0]
+    assert out.shape == (2, 10)
+
+
 @pytest.mark.parametrize("dynamic_axes", [(0,), (0, 2, 3)])
 def test_report_counts_before_and_after_on_the_same_input_shape(model, dynamic_axes):
     """MACs before and after are both counted for --input-shape, so their ratio is the static model's."""

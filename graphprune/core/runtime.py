@@ -256,7 +256,7 @@ def check_input_shapes(m: onnx.ModelProto, input_shapes: dict) -> None:
         if len(have) != len(dims):
             raise UsageError(f"--input-shape {name}: {len(dims)} dims given, the input has rank {len(have)}")
         for axis, (h, d) in enumerate(zip(have, dims)):
-            if h is not None and h != d:
+            if h is not None and h > 0 and h != d:  # -1 or 0: unknown (Paddle exports write -1)
                 raise UsageError(f"--input-shape {name}: dim {axis} is fixed to {h} in the model, got {d}")
 
 
