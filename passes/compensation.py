@@ -14,7 +14,9 @@ the *original* layer produced on the same samples:
 
 `all` re-fits every layer whose inputs lost channels (lstsq), then every layer downstream of a change
 (lstsq, grouped and depthwise convolutions per group). Layers are processed in waves: a wave holds the
-layers whose inputs no longer change, and one pass of both models over the samples serves a whole wave.
+layers whose inputs no longer change. Both models run forward step by step over fixed batches
+(core/stepwise.py): a wave's step computes only the nodes its layers' inputs (pruned model) and outputs
+(original) need that no earlier step ran, so every node runs once over the samples, not once per wave.
 Without calibration data, `bias` uses the expected activations BatchNorm statistics give.
 """
 
@@ -25,12 +27,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphprune.core.io import tensor_array
+from graphprune.core.stepwise import Stepwise
 from graphprune.errors import UsageError
 
 from .calibration import (
     Calibration,
     LinearLayer,
-    Probe,
     batch_size,
     batches,
     by_budget,
@@ -40,6 +42,7 @@ from .calibration import (
     linear_layers,
     progress,
     row_pick,
+    session_for,
 )
 from .choices import MODES  # noqa: F401 - the accepted values, re-exported
 
@@ -231,11 +234,27 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
         action, _, player, _ = plan[y]
         return gram_bytes(player, list(pm.inits[pm.node_of[y].input[1]].dims)) if action == "lstsq" else 0
 
-    waves = [part for wave in _waves(out, set(plan)) for part in by_budget(wave, size)]
-    with progress(f"compensation ({mode}): layer by layer", len(waves)) as advance:
-        for wave in waves:
-            _run_wave(original, pm, {y: plan[y] for y in wave}, calib, ridge, shapes, info, seed)
-            advance()
+    waves = _waves(out, set(plan))
+    parts = [by_budget(wave, size) for wave in waves]
+    sizes = {tuple(part): _wave_batch(calib, {y: plan[y] for y in part}, shapes) for wp in parts for part in wp}
+    bs = min(sizes.values())
+    feeds = list(batches(calib.train, bs))
+    counts = [len(next(iter(f.values()))) for f in feeds]
+    pruned_run = Stepwise(feeds, lambda m: session_for(m, calib))
+    orig_run = Stepwise(feeds, lambda m: session_for(m, calib))
+    try:
+        with progress(f"compensation ({mode}): wave by wave", len(waves)) as advance:
+            for k, wave in enumerate(waves):
+                later = [y for w in waves[k + 1:] for y in w]
+                xs = pruned_run.step(pm.model, [plan[y][2].x for y in wave], [plan[y][2].x for y in later])
+                ys = orig_run.step(original, wave, later)
+                for part in parts[k]:
+                    _fit(pm, {y: plan[y] for y in part}, xs, ys, counts, sizes[tuple(part)], calib.n_train, ridge,
+                         info, seed)
+                advance()
+    finally:
+        pruned_run.close()
+        orig_run.close()
     info["waves"] = len(waves)
     return out, info
 
@@ -258,40 +277,64 @@ def _waves(model: onnx.ModelProto, layers: set[str]) -> list[list[str]]:
     return [waves[k] for k in sorted(waves)]
 
 
-def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float, shapes: dict, info: dict,
-              seed: int) -> None:
-    pruned_probe = Probe(pm.model, [p[2].x for p in plan.values()] + [y for y, p in plan.items() if p[0] == "stats"],
-                         calib)
-    orig_probe = Probe(original, list(plan), calib)
-    acc: dict[str, dict] = {y: {} for y in plan}
-    rng = np.random.default_rng(seed)
+def _wave_batch(calib: Calibration, plan: dict, shapes: dict) -> int:
+    """Samples per batch of a wave's accumulation (its rows and targets in float64 within BATCH_BYTES)."""
     per_sample = 0
     for y, (_, layer, _, _) in plan.items():
         for t, k in ((layer.x, layer.taps), (y, 1)):
             dims = shapes.get(t) or [1, 4096]
             per_sample += 8 * k * int(np.prod([v or 1 for v in dims[1:]]))
-    bs = batch_size(calib, per_sample)
-    n = calib.n_train
-    for feeds in batches(calib.train, bs):
-        xs = pruned_probe.run(feeds)
-        ys = orig_probe.run(feeds)
+    return batch_size(calib, per_sample)
+
+
+def _rebatched(parts: list, counts: list[int], bs: int):
+    """Arrays of consecutive batches (counts[i] samples each, axis 0 a multiple of it) as batches of `bs`
+    samples; as they are where axis 0 does not scale with the samples."""
+    if all(c == bs for c in counts[:-1]) and counts[-1] <= bs:
+        yield from parts
+        return
+    per = {p.shape[0] // c if p.shape[0] % c == 0 else -1 for p, c in zip(parts, counts)}
+    if len(per) != 1 or -1 in per:
+        yield from parts
+        return
+    r = per.pop()
+    pending, have = [], 0
+    for p in parts:
+        pending.append(p)
+        have += len(p)
+        while have >= bs * r:
+            cat = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield cat[:bs * r]
+            rest = cat[bs * r:]
+            pending, have = ([rest] if len(rest) else []), len(rest)
+    if have:
+        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+
+
+def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, counts: list[int], bs: int, n: int, ridge: float, info: dict,
+         seed: int) -> None:
+    """Accumulate what the layers of one wave need over the samples (what the pruned model feeds them: `xs`,
+    what the original layers produced: `ys`, both per run batch) and write their new weights."""
+    acc: dict[str, dict] = {y: {} for y in plan}
+    rng = np.random.default_rng(seed)
+    weights = {y: pm.value(pm.node_of[y].input[1]) for y, p in plan.items() if p[0] == "stats"}
+    streams = {y: (_rebatched(xs[p[2].x], counts, bs), _rebatched(ys[y], counts, bs)) for y, p in plan.items()}
+    for _ in range(-(-n // bs)):
         for y, (action, layer, player, kout) in plan.items():
-            x = xs[player.x]
+            x, yo = (next(s, None) for s in streams[y])
+            if x is None:
+                continue
             pick = row_pick(player, x.shape, n, rng)
             r = player.rows(x, pick).astype(np.float64)  # [n, G', d']
-            t = LinearLayer.targets(player, ys[y][:, kout] if layer.op == "Conv" else ys[y][..., kout], pick)
+            t = LinearLayer.targets(player, yo[:, kout] if layer.op == "Conv" else yo[..., kout], pick)
             t = t.astype(np.float64)
             a = acc[y]
             if action == "bias":
                 _add(a, "rsum", r.sum(axis=0))
                 _add(a, "tsum", t.sum(axis=0))
             elif action == "stats":
-                yp = xs[y]
-                yp = np.moveaxis(yp, 1, -1) if layer.op == "Conv" else yp
-                yp = yp.reshape(-1, yp.shape[-1]).astype(np.float64)
+                yp = _layer_output(pm, y, player, weights[y], r)
                 tt = t.reshape(len(t), -1)
-                if pick is not None:
-                    yp = yp[pick]
                 _add(a, "psum", yp.sum(axis=0))
                 _add(a, "psq", np.square(yp).sum(axis=0))
                 _add(a, "tsum", tt.sum(axis=0))
@@ -350,6 +393,13 @@ def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float
         pm.write(wname, player.from_wmat(sol[:, :d, :], w.shape))
         bias.set(sol[:, d, :].reshape(-1))
         info["layers"][y] = "lstsq"
+
+
+def _layer_output(pm: _Model, y: str, player: LinearLayer, w: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """The pruned layer's output on rows `r` ([n, G, d]) with its current weights and bias, as [n, G*o]."""
+    m = player.wmat(w.astype(np.float64))  # [G, d, o]
+    out = np.matmul(r.transpose(1, 0, 2), m).transpose(1, 0, 2).reshape(len(r), -1)
+    return out + _Bias(pm, pm.node_of[y], player, out.shape[1], None).get()
 
 
 def _add(acc: dict, key: str, value: np.ndarray) -> None:
