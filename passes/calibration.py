@@ -11,7 +11,7 @@ are kept, so memory is bounded by the batch and the Gram sizes, never by the num
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ from graphprune.errors import UsageError
 DEFAULT_SAMPLES = 256  # calibration samples used when --calib-samples is not given
 HELD_OUT_MAX = 256  # samples beyond the calibration ones kept aside for the fidelity report
 ROWS_BUDGET = 1 << 16  # Gram rows per layer over the whole run (spatial positions are sampled beyond it)
+ROWS_PER_FEATURE = 16  # and at most this many rows per Gram feature (a d x d Gram needs O(d) rows) ...
+ROWS_MIN = 4096  # ... but never fewer than this
 BATCH_BYTES = 128 << 20  # activation bytes per batch
 MAX_GRAM_DIM = 4096  # features of one Gram matrix (a wider layer gets channel statistics only)
 GRAM_BUDGET = 1 << 30  # bytes of Gram matrices held at once (more layers: more passes over the samples)
@@ -458,6 +460,7 @@ class InputStats:
     rsum: np.ndarray | None = None  # [G, d] sum of rows
     rows: int = 0
     estimated: bool = False  # from BatchNorm statistics, not data
+    _moments: Moments | None = field(default=None, repr=False)
 
     @property
     def mean(self) -> np.ndarray:
@@ -479,20 +482,21 @@ class InputStats:
         if x is not None:
             self._add_channels(x)
         if rows is not None:
-            r = rows.astype(np.float64, copy=False)
-            g = cross(r, r)
-            if self.gram is None:
-                self.gram, self.rsum = g, r.sum(axis=0)
-            else:
-                self.gram += g
-                self.rsum += r.sum(axis=0)
-            self.rows += len(r)
+            if self._moments is None:
+                self._moments = Moments()
+            self._moments.add(rows)
+
+    def finish(self) -> None:
+        """Put the Gram sums accumulated by `add` into gram, rsum and rows."""
+        m = self._moments
+        if m is not None and m.n:
+            self.gram, self.rsum, self.rows = m.xx(), m.sx, m.n
 
     def _add_channels(self, x: np.ndarray) -> None:
-        x64 = x.astype(np.float64, copy=False)
         ax = self.layer.x_axis
         red = tuple(i for i in range(x.ndim) if i != ax)
-        s, ss = x64.sum(axis=red), np.square(x64).sum(axis=red)
+        # float64 sums without a float64 copy of the activation (numpy casts chunk by chunk)
+        s, ss = x.sum(axis=red, dtype=np.float64), np.square(x).sum(axis=red, dtype=np.float64)
         z = (np.abs(x) <= 1e-7).sum(axis=red)
         if self.sum is None:
             self.sum, self.sumsq, self.zeros = s, ss, z.astype(np.float64)
@@ -504,26 +508,107 @@ class InputStats:
 
 
 def cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """sum_n a[n, g, :]^T b[n, g, :] per group: [G, d, e] (batched BLAS, not einsum)."""
+    """sum_n a[n, g, :]^T b[n, g, :] per group: [G, d, e] (batched BLAS, not einsum), in the inputs' dtype."""
     if a.shape[1] == 1:
         a2 = np.ascontiguousarray(a[:, 0])
         b2 = a2 if b is a else np.ascontiguousarray(b[:, 0])
-        return (a2.T @ b2)[None]
+        return (a2.T @ b2)[None]  # a2.T @ a2 is one BLAS syrk
     at = np.ascontiguousarray(a.transpose(1, 2, 0))  # matmul takes the BLAS path on contiguous stacks only
     bt = np.ascontiguousarray(b.transpose(1, 0, 2))
     return np.matmul(at, bt)
 
 
+F32_MIN_MACS = 1 << 24  # batch products of at least this many multiply-adds run in float32
+
+
+class Moments:
+    """Sums over batches of rows x [n, G, d] and, when given, targets t [n, G, e]: sum x, sum t, x^T x and
+    x^T t per group (float64).
+
+    A large batch product runs in float32 (BLAS sgemm: twice the speed of float64) and is added to float64
+    sums; both sides are shifted first by their first batch's mean, so that float32 rounds the centred
+    products (the spread least squares and the OBS inverse read), not the means, and the shift is put back
+    exactly from the float64 column sums. Products under F32_MIN_MACS multiply-adds stay in float64."""
+
+    def __init__(self):
+        self.n = 0
+        self.sx = self.st = None  # [G, d], [G, e]
+        self._xx = self._xt = None  # centred sums
+        self._s = self._u = None  # the shifts (float32 values, held as float64)
+
+    def add(self, x: np.ndarray, t: np.ndarray | None = None) -> None:
+        if self._s is None:
+            self._s = x.mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
+            if t is not None:
+                self._u = t.mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
+        n, _, d = x.shape
+        dt = np.float32 if n * d * max(d, t.shape[2] if t is not None else 0) >= F32_MIN_MACS else np.float64
+        xc = x.astype(dt) - self._s.astype(dt)
+        self.sx = _plus(self.sx, x.sum(axis=0, dtype=np.float64))
+        self._xx = _plus(self._xx, cross(xc, xc))
+        if t is not None:
+            tc = t.astype(dt) - self._u.astype(dt)
+            self.st = _plus(self.st, t.sum(axis=0, dtype=np.float64))
+            self._xt = _plus(self._xt, cross(xc, tc))
+        self.n += n
+
+    def xx(self) -> np.ndarray:
+        """sum x^T x, [G, d, d]: sum (x-s)^T (x-s) + s^T sum x + (sum x)^T s - n s^T s."""
+        s, sx = self._s, self.sx
+        return self._xx + np.stack([s, sx], axis=2) @ np.stack([sx - self.n * s, s], axis=1)  # one rank-2 product
+
+    def xt(self) -> np.ndarray:
+        """sum x^T t, [G, d, e]."""
+        s, u = self._s, self._u
+        return self._xt + np.stack([s, self.sx - self.n * s], axis=2) @ np.stack([self.st, u], axis=1)
+
+
+def _plus(total, value):
+    """total + value in float64 (the first value is copied into a new float64 array)."""
+    if total is None:
+        return value.astype(np.float64)
+    total += value
+    return total
+
+
+def rows_budget(layer: LinearLayer, x_shape) -> int:
+    """Gram rows a layer's statistics use over the whole run: ROWS_PER_FEATURE per feature of its rows,
+    between ROWS_MIN and ROWS_BUDGET."""
+    d = x_shape[layer.x_axis] // (layer.groups if layer.op == "Conv" else 1) * layer.taps
+    return min(ROWS_BUDGET, max(ROWS_MIN, ROWS_PER_FEATURE * d))
+
+
 def row_pick(layer: LinearLayer, x_shape, n_total: int, rng: np.random.Generator) -> np.ndarray | None:
-    """Rows to use for Gram statistics of one batch: all, or a random subset keeping the run within
-    ROWS_BUDGET rows per layer."""
+    """Rows to use for Gram statistics of one batch: all, or a random subset of positions keeping the run
+    within the layer's rows_budget."""
     per = layer.positions(x_shape)
-    cap = max(16, ROWS_BUDGET // max(n_total, 1))
+    cap = max(16, rows_budget(layer, x_shape) // max(n_total, 1))
     if per <= cap:
         return None
     b = x_shape[0]
     picks = [i * per + rng.choice(per, cap, replace=False) for i in range(b)]
     return np.sort(np.concatenate(picks))
+
+
+def sample_bytes(layers: dict[str, LinearLayer], shapes: dict, gram, n_total: int, outputs: bool = False) -> int:
+    """Bytes one sample adds to a batch: the layers' inputs (and, with `outputs`, their outputs) as float32,
+    and the Gram rows of the largest layer in `gram` (rows are made one layer at a time: float32 rows and
+    their centred copy). Shapes are the analysis' (batch 1); an unknown one counts as 4096 values."""
+    tensors, rows = {}, 0
+    for y, layer in layers.items():
+        xs = shapes.get(layer.x)
+        tensors[layer.x] = int(np.prod([d or 1 for d in xs[1:]])) if xs else 1 << 12
+        if outputs:
+            ys = shapes.get(y)
+            tensors[y] = int(np.prod([d or 1 for d in ys[1:]])) if ys else 1 << 12
+        if y in gram:
+            if xs:
+                one = [1] + [d or 1 for d in xs[1:]]
+                per = min(layer.positions(one), max(16, rows_budget(layer, one) // max(n_total, 1)))
+                rows = max(rows, 8 * per * one[layer.x_axis] * layer.taps)
+            else:
+                rows = max(rows, 8 * layer.taps << 12)
+    return 4 * sum(tensors.values()) + rows
 
 
 def gram_fits(layer: LinearLayer, w_shape) -> bool:
@@ -571,12 +656,7 @@ def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: boo
     tensors = sorted({layer.x for layer in layers.values()})
     if not tensors:
         return
-    per_sample = 0
-    for y, layer in layers.items():
-        xs = (shapes or {}).get(layer.x)
-        size = int(np.prod([d or 1 for d in xs[1:]])) if xs else 1 << 12
-        per_sample += 4 * size * (layer.taps if y in gram else 1)
-    bs = batch_size(calib, per_sample)
+    bs = batch_size(calib, sample_bytes(layers, shapes or {}, gram, calib.n_train))
     probe = Probe(model, tensors, calib)
     rng = np.random.default_rng(seed)
     n = calib.n_train
@@ -591,7 +671,9 @@ def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: boo
                 rows = layer.rows(x, row_pick(layer, x.shape, n, rng)) if y in gram else None
                 st.add(x if channels else None, rows)
             advance()
+    for y in layers:
+        stats[y].finish()
 
 
-__all__ = ["Calibration", "InputStats", "LinearLayer", "Probe", "batches", "collect", "linear_layers", "load",
+__all__ = ["Calibration", "InputStats", "LinearLayer", "Moments", "Probe", "batches", "collect", "linear_layers", "load",
            "progress"]

@@ -33,15 +33,16 @@ from graphprune.errors import UsageError
 from .calibration import (
     Calibration,
     LinearLayer,
+    Moments,
     batch_size,
     batches,
     by_budget,
-    cross,
     gram_bytes,
     gram_fits,
     linear_layers,
     progress,
     row_pick,
+    sample_bytes,
     session_for,
 )
 from .choices import MODES  # noqa: F401 - the accepted values, re-exported
@@ -235,11 +236,11 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
         return gram_bytes(player, list(pm.inits[pm.node_of[y].input[1]].dims)) if action == "lstsq" else 0
 
     waves = _waves(out, set(plan))
-    parts = [by_budget(wave, size) for wave in waves]
-    sizes = {tuple(part): _wave_batch(calib, {y: plan[y] for y in part}, shapes) for wp in parts for part in wp}
-    bs = min(sizes.values())
+    # one batch size for every wave: the layers' inputs and outputs, and one layer's Gram rows at a time
+    layers = {y: p[2] for y, p in plan.items()}
+    bs = batch_size(calib, sample_bytes(layers, shapes, {y for y, p in plan.items() if p[0] == "lstsq"},
+                                        calib.n_train, outputs=True))
     feeds = list(batches(calib.train, bs))
-    counts = [len(next(iter(f.values()))) for f in feeds]
     pruned_run = Stepwise(feeds, lambda m: session_for(m, calib))
     orig_run = Stepwise(feeds, lambda m: session_for(m, calib))
     try:
@@ -248,9 +249,8 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
                 later = [y for w in waves[k + 1:] for y in w]
                 xs = pruned_run.step(pm.model, [plan[y][2].x for y in wave], [plan[y][2].x for y in later])
                 ys = orig_run.step(original, wave, later)
-                for part in parts[k]:
-                    _fit(pm, {y: plan[y] for y in part}, xs, ys, counts, sizes[tuple(part)], calib.n_train, ridge,
-                         info, seed)
+                for part in by_budget(wave, size):
+                    _fit(pm, {y: plan[y] for y in part}, xs, ys, calib.n_train, ridge, info, seed)
                 advance()
     finally:
         pruned_run.close()
@@ -277,73 +277,31 @@ def _waves(model: onnx.ModelProto, layers: set[str]) -> list[list[str]]:
     return [waves[k] for k in sorted(waves)]
 
 
-def _wave_batch(calib: Calibration, plan: dict, shapes: dict) -> int:
-    """Samples per batch of a wave's accumulation (its rows and targets in float64 within BATCH_BYTES)."""
-    per_sample = 0
-    for y, (_, layer, _, _) in plan.items():
-        for t, k in ((layer.x, layer.taps), (y, 1)):
-            dims = shapes.get(t) or [1, 4096]
-            per_sample += 8 * k * int(np.prod([v or 1 for v in dims[1:]]))
-    return batch_size(calib, per_sample)
-
-
-def _rebatched(parts: list, counts: list[int], bs: int):
-    """Arrays of consecutive batches (counts[i] samples each, axis 0 a multiple of it) as batches of `bs`
-    samples; as they are where axis 0 does not scale with the samples."""
-    if all(c == bs for c in counts[:-1]) and counts[-1] <= bs:
-        yield from parts
-        return
-    per = {p.shape[0] // c if p.shape[0] % c == 0 else -1 for p, c in zip(parts, counts)}
-    if len(per) != 1 or -1 in per:
-        yield from parts
-        return
-    r = per.pop()
-    pending, have = [], 0
-    for p in parts:
-        pending.append(p)
-        have += len(p)
-        while have >= bs * r:
-            cat = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            yield cat[:bs * r]
-            rest = cat[bs * r:]
-            pending, have = ([rest] if len(rest) else []), len(rest)
-    if have:
-        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
-
-
-def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, counts: list[int], bs: int, n: int, ridge: float, info: dict,
-         seed: int) -> None:
+def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float, info: dict, seed: int) -> None:
     """Accumulate what the layers of one wave need over the samples (what the pruned model feeds them: `xs`,
-    what the original layers produced: `ys`, both per run batch) and write their new weights."""
+    what the original layers produced: `ys`, one array per batch) and write their new weights."""
     acc: dict[str, dict] = {y: {} for y in plan}
     rng = np.random.default_rng(seed)
     weights = {y: pm.value(pm.node_of[y].input[1]) for y, p in plan.items() if p[0] == "stats"}
-    streams = {y: (_rebatched(xs[p[2].x], counts, bs), _rebatched(ys[y], counts, bs)) for y, p in plan.items()}
-    for _ in range(-(-n // bs)):
+    for b in range(len(next(iter(ys.values())))):
         for y, (action, layer, player, kout) in plan.items():
-            x, yo = (next(s, None) for s in streams[y])
-            if x is None:
-                continue
+            x, yo = xs[player.x][b], ys[y][b]
             pick = row_pick(player, x.shape, n, rng)
-            r = player.rows(x, pick).astype(np.float64)  # [n, G', d']
+            r = player.rows(x, pick)  # [n, G', d']
             t = LinearLayer.targets(player, yo[:, kout] if layer.op == "Conv" else yo[..., kout], pick)
-            t = t.astype(np.float64)
             a = acc[y]
             if action == "bias":
-                _add(a, "rsum", r.sum(axis=0))
-                _add(a, "tsum", t.sum(axis=0))
+                _add(a, "rsum", r.sum(axis=0, dtype=np.float64))
+                _add(a, "tsum", t.sum(axis=0, dtype=np.float64))
             elif action == "stats":
-                yp = _layer_output(pm, y, player, weights[y], r)
-                tt = t.reshape(len(t), -1)
+                yp = _layer_output(pm, y, player, weights[y], r.astype(np.float64))
+                tt = t.reshape(len(t), -1).astype(np.float64)
                 _add(a, "psum", yp.sum(axis=0))
                 _add(a, "psq", np.square(yp).sum(axis=0))
                 _add(a, "tsum", tt.sum(axis=0))
                 _add(a, "tsq", np.square(tt).sum(axis=0))
             else:
-                ones = np.ones(r.shape[:2] + (1,))
-                ra = np.concatenate([r, ones], axis=2)
-                _add(a, "gram", cross(ra, ra))
-                _add(a, "cross", cross(ra, t))
+                a.setdefault("moments", Moments()).add(r, t)
             a["n"] = a.get("n", 0) + len(r)
     for y, (action, layer, player, kout) in plan.items():
         node = pm.node_of[y]
@@ -376,7 +334,8 @@ def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, counts: list[int], bs: int,
             bias.set(scale * b_old + shift)
             info["layers"][y] = "stats"
             continue
-        gram, rhs = a["gram"] / a["n"], a["cross"] / a["n"]
+        gram, rhs = _augmented(a["moments"])
+        gram, rhs = gram / a["n"], rhs / a["n"]
         g, d1, _ = gram.shape
         d = d1 - 1
         diag = np.einsum("gii->gi", gram[:, :d, :d])
@@ -400,6 +359,18 @@ def _layer_output(pm: _Model, y: str, player: LinearLayer, w: np.ndarray, r: np.
     m = player.wmat(w.astype(np.float64))  # [G, d, o]
     out = np.matmul(r.transpose(1, 0, 2), m).transpose(1, 0, 2).reshape(len(r), -1)
     return out + _Bias(pm, pm.node_of[y], player, out.shape[1], None).get()
+
+
+def _augmented(m: Moments) -> tuple[np.ndarray, np.ndarray]:
+    """The Gram matrix of the rows with a trailing ones column (the bias), [G, d+1, d+1], and its product
+    with the targets, [G, d+1, o], from the accumulated sums."""
+    xx, sx = m.xx(), m.sx
+    g, d, _ = xx.shape
+    gram = np.empty((g, d + 1, d + 1))
+    gram[:, :d, :d] = xx
+    gram[:, :d, d] = gram[:, d, :d] = sx
+    gram[:, d, d] = m.n
+    return gram, np.concatenate([m.xt(), m.st[:, None, :]], axis=1)
 
 
 def _add(acc: dict, key: str, value: np.ndarray) -> None:
