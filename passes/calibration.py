@@ -648,11 +648,12 @@ def collect(model: onnx.ModelProto, layers: dict[str, LinearLayer], calib: Calib
     stats: dict[str, InputStats] = {}
     for i, chunk in enumerate(chunks):
         todo = layers if i == 0 else {y: layers[y] for y in chunk}
-        _collect_pass(model, todo, calib, set(chunk), shapes, seed, stats, channels=i == 0)
+        label = "calibration statistics: samples" + (f" (pass {i + 1} of {len(chunks)})" if len(chunks) > 1 else "")
+        _collect_pass(model, todo, calib, set(chunk), shapes, seed, stats, i == 0, label)
     return stats
 
 
-def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: bool) -> None:
+def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: bool, label: str) -> None:
     tensors = sorted({layer.x for layer in layers.values()})
     if not tensors:
         return
@@ -660,7 +661,7 @@ def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: boo
     probe = Probe(model, tensors, calib)
     rng = np.random.default_rng(seed)
     n = calib.n_train
-    with progress("calibration statistics", -(-n // bs)) as advance:
+    with progress(label, n) as advance:
         for feeds in batches(calib.train, bs):
             acts = probe.run(feeds)
             for y, layer in layers.items():
@@ -670,7 +671,7 @@ def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: boo
                     st = stats[y] = InputStats(layer, x.shape[layer.x_axis])
                 rows = layer.rows(x, row_pick(layer, x.shape, n, rng)) if y in gram else None
                 st.add(x if channels else None, rows)
-            advance()
+            advance(len(next(iter(feeds.values()))))
     for y in layers:
         stats[y].finish()
 

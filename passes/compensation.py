@@ -244,7 +244,7 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
     pruned_run = Stepwise(feeds, lambda m: session_for(m, calib))
     orig_run = Stepwise(feeds, lambda m: session_for(m, calib))
     try:
-        with progress(f"compensation ({mode}): wave by wave", len(waves)) as advance:
+        with progress(f"compensation ({mode}): waves", len(waves)) as advance:
             for k, wave in enumerate(waves):
                 later = [y for w in waves[k + 1:] for y in w]
                 xs = pruned_run.step(pm.model, [plan[y][2].x for y in wave], [plan[y][2].x for y in later])

@@ -12,7 +12,7 @@ import onnx
 
 from graphprune.core.compare import OutputAgreement
 
-from .calibration import Calibration, batches, session_for
+from .calibration import Calibration, batches, progress, session_for
 
 
 def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray],
@@ -26,9 +26,11 @@ def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str
     n = len(next(iter(feeds.values())))
     bs = calib.batch if calib is not None and calib.batch else max(1, min(n, 64))
     acc = {k: OutputAgreement(atol, rtol) for k in names}
-    for b in batches(feeds, bs):
-        for k, r, p in zip(names, so.run(None, b), sp.run(None, b)):
-            acc[k].add(r, p)
+    with progress("fidelity: held-out samples" if held_out else "fidelity: samples", n) as advance:
+        for b in batches(feeds, bs):
+            for k, r, p in zip(names, so.run(None, b), sp.run(None, b)):
+                acc[k].add(r, p)
+            advance(len(next(iter(b.values()))))
     out = {"samples": n, "held_out": held_out, "outputs": {k: a.summary() for k, a in acc.items()}}
     if atol is not None or rtol is not None:
         out["atol"], out["rtol"] = atol, rtol

@@ -215,3 +215,26 @@ def test_float32_moments_match_float64_sums(groups):
     small = calibration.Moments()  # under F32_MIN_MACS: float64 throughout
     small.add(x[:50], t[:50])
     np.testing.assert_allclose(small.xx(), np.einsum("ngi,ngj->gij", x64[:50], x64[:50]), rtol=1e-12)
+
+
+def test_calibrated_stages_report_progress_in_samples_and_waves(monkeypatch):
+    import contextlib
+
+    from graphprune.core import progress
+
+    bars = []
+
+    @contextlib.contextmanager
+    def recorder(description, total=None):
+        bar = {"description": description, "total": total, "done": 0}
+        bars.append(bar)
+        yield lambda n=1: bar.__setitem__("done", bar["done"] + n)
+
+    monkeypatch.setattr(progress, "step", recorder)
+    monkeypatch.setattr(calibration, "BATCH_BYTES", 4 << 10)  # several batches
+    r = graphprune.prune(small_cnn(), ratio=0.5, calib={"x": samples(50)}, calib_samples=30, compensate="all")
+    by = {b["description"].split(":")[0]: b for b in bars if b["total"] is not None}
+    assert by["calibration statistics"]["total"] == by["calibration statistics"]["done"] == 30
+    waves = r.report.quality["compensation"]["waves"]
+    assert waves >= 2 and by["compensation (all)"]["total"] == by["compensation (all)"]["done"] == waves
+    assert by["fidelity"]["total"] == by["fidelity"]["done"] == 20 and "held-out" in by["fidelity"]["description"]
