@@ -22,6 +22,8 @@ def chain():
     b = g.op("Relu", [g.conv(a, 4, 4, name="c2")], name="r2")
     s = g.op("Add", [a, b], name="skip")
     shape = g.op("Shape", [s], name="shape")
+    n = g.op("Gather", [shape, g.ints(0)], name="n")  # a scalar kept between steps
+    shape = g.op("Concat", [g.op("Unsqueeze", [n, g.ints([0])], name="n1"), g.ints([-1, 6, 6])], name="shape2", axis=0)
     flat = g.op("Reshape", [s, shape], name="same")
     scale = g.op("Constant", [], name="k", value=numpy_helper.from_array(np.array(0.5, np.float32)))
     y = g.conv(g.op("Mul", [flat, scale], name="half"), 4, 2, name="c3")
@@ -44,7 +46,7 @@ def test_steps_give_the_full_runs_values_and_run_each_node_once(budget):
     m = chain()
     feeds = batches()
     run = stepwise.Stepwise(feeds, budget=budget)
-    want = [["r1_out"], ["c2_out", "skip_out"], ["half_out"], ["c3_out"]]
+    want = [["r1_out"], ["c2_out", "skip_out", "n_out"], ["half_out"], ["c3_out"]]
     for i, w in enumerate(want):
         later = [t for ws in want[i + 1:] for t in ws]
         got = run.step(m, w, later)
@@ -68,6 +70,12 @@ def test_only_what_later_steps_read_stays_stored():
     assert set(run.store.values) == {"r1_out", "r2_out"}  # both feed the skip Add
     run.step(m, ["skip_out"], ["c3_out"])
     assert set(run.store.values) == {"skip_out"}
+    run.step(m, ["n_out"], ["c3_out"])  # a scalar, kept as one (not as shape [1]) for the next step
+    assert {a.shape for a in run.store.values["n_out"]} == {()}
+    got = run.step(m, ["c3_out"])["c3_out"]
+    ref = full(m, ["c3_out"], batches())
+    for b in range(3):
+        np.testing.assert_allclose(got[b], ref[b]["c3_out"], rtol=1e-6, atol=1e-6)
 
 
 def test_a_weight_changed_between_steps_is_used_downstream():

@@ -161,7 +161,7 @@ class Stepwise:
         self.nodes_run += len(nodes)
         results: dict[str, list] = {t: [] for t in outputs}
         for b in range(self.n):
-            vals = sess.run(outputs, {t: np.ascontiguousarray(kept[t][b]) for t in inputs})
+            vals = sess.run(outputs, {t: _contiguous(kept[t][b]) for t in inputs})
             for t, v in zip(outputs, vals):
                 results[t].append(v)
         for t, parts in results.items():
@@ -169,6 +169,12 @@ class Stepwise:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _contiguous(a) -> np.ndarray:
+    """A C-contiguous ndarray of the same shape (np.ascontiguousarray would turn a scalar into shape [1])."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _sub_model(idx: _Index, nodes: list[int], inputs: list[str], examples: list[np.ndarray],
