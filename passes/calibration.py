@@ -24,8 +24,6 @@ from graphprune.errors import UsageError
 DEFAULT_SAMPLES = 256  # calibration samples used when --calib-samples is not given
 HELD_OUT_MAX = 256  # samples beyond the calibration ones kept aside for the fidelity report
 ROWS_BUDGET = 1 << 16  # Gram rows per layer over the whole run (spatial positions are sampled beyond it)
-ROWS_PER_FEATURE = 16  # and at most this many rows per Gram feature (a d x d Gram needs O(d) rows) ...
-ROWS_MIN = 4096  # ... but never fewer than this
 BATCH_BYTES = 128 << 20  # activation bytes per batch
 MAX_GRAM_DIM = 4096  # features of one Gram matrix (a wider layer gets channel statistics only)
 GRAM_BUDGET = 1 << 30  # bytes of Gram matrices held at once (more layers: more passes over the samples)
@@ -571,18 +569,12 @@ def _plus(total, value):
     return total
 
 
-def rows_budget(layer: LinearLayer, x_shape) -> int:
-    """Gram rows a layer's statistics use over the whole run: ROWS_PER_FEATURE per feature of its rows,
-    between ROWS_MIN and ROWS_BUDGET."""
-    d = x_shape[layer.x_axis] // (layer.groups if layer.op == "Conv" else 1) * layer.taps
-    return min(ROWS_BUDGET, max(ROWS_MIN, ROWS_PER_FEATURE * d))
-
-
 def row_pick(layer: LinearLayer, x_shape, n_total: int, rng: np.random.Generator) -> np.ndarray | None:
-    """Rows to use for Gram statistics of one batch: all, or a random subset of positions keeping the run
-    within the layer's rows_budget."""
+    """Rows to use for Gram statistics of one batch: all, or a random subset keeping the run within
+    ROWS_BUDGET rows per layer. (Fewer rows for narrow layers, 16 per Gram feature, saved 20 % of a YOLO
+    prune's time but raised small CNNs' output error by 3-12 % with 24 samples: not done.)"""
     per = layer.positions(x_shape)
-    cap = max(16, rows_budget(layer, x_shape) // max(n_total, 1))
+    cap = max(16, ROWS_BUDGET // max(n_total, 1))
     if per <= cap:
         return None
     b = x_shape[0]
@@ -604,7 +596,7 @@ def sample_bytes(layers: dict[str, LinearLayer], shapes: dict, gram, n_total: in
         if y in gram:
             if xs:
                 one = [1] + [d or 1 for d in xs[1:]]
-                per = min(layer.positions(one), max(16, rows_budget(layer, one) // max(n_total, 1)))
+                per = min(layer.positions(one), max(16, ROWS_BUDGET // max(n_total, 1)))
                 rows = max(rows, 8 * per * one[layer.x_axis] * layer.taps)
             else:
                 rows = max(rows, 8 * layer.taps << 12)
