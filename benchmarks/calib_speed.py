@@ -221,13 +221,18 @@ class _Counters:
         from graphprune.core.runtime import SESSION_COUNTS
 
         self.runs = 0
+        self.run_s = 0.0  # wall seconds inside InferenceSession.run
         self.bars: list[dict] = []
         self.sessions = SESSION_COUNTS
         real_run = ort.InferenceSession.run
 
         def run(sess, *a, **k):
             self.runs += 1
-            return real_run(sess, *a, **k)
+            t = time.perf_counter()
+            try:
+                return real_run(sess, *a, **k)
+            finally:
+                self.run_s += time.perf_counter() - t
 
         ort.InferenceSession.run = run
 
@@ -283,14 +288,18 @@ def child(label: str, mode: str, repeat_index: int) -> dict:
                         calib_samples=N_TRAIN[label] if mode == "calib" else None)
     state = pipeline.PruneState(path, opts)
     stages: dict = {}
-    clock = [time.perf_counter(), time.process_time(), 0, SESSION_COUNTS["session_s"]]
+    def now():
+        return [time.perf_counter(), time.process_time(), counters.runs, SESSION_COUNTS["session_s"], counters.run_s]
+
+    clock = now()
 
     def after(stage, st):
-        now = [time.perf_counter(), time.process_time(), counters.runs, SESSION_COUNTS["session_s"]]
-        stages[stage.name] = {"s": round(now[0] - clock[0], 4), "cpu_s": round(now[1] - clock[1], 4),
-                              "ort_runs": now[2] - clock[2], "sessions": st.sessions.get(stage.name, 0),
-                              "session_s": round(now[3] - clock[3], 4), **_rss()}
-        clock[:] = [time.perf_counter(), time.process_time(), counters.runs, SESSION_COUNTS["session_s"]]
+        t = now()
+        stages[stage.name] = {"s": round(t[0] - clock[0], 4), "cpu_s": round(t[1] - clock[1], 4),
+                              "ort_runs": t[2] - clock[2], "ort_run_s": round(t[4] - clock[4], 4),
+                              "sessions": st.sessions.get(stage.name, 0), "session_s": round(t[3] - clock[3], 4),
+                              **_rss()}
+        clock[:] = now()
 
     t, c = time.perf_counter(), time.process_time()
     pipeline.run(pipeline.PRUNE_STAGES, state, after)
@@ -370,6 +379,8 @@ def measure(label: str, repeat: int) -> dict:
            "calib_cpu_s": _median([r["total_cpu_s"] for r in runs["calib"]]),
            "calib_all_s": [r["total_s"] for r in runs["calib"]],
            "plain_s": _median([r["total_s"] for r in runs["plain"]]),
+           "plain_cpu_s": _median([r["total_cpu_s"] for r in runs["plain"]]),
+           "reference_cpu_s": _median([r["cpu_s"] for r in runs["reference"]]),
            "plain_all_s": [r["total_s"] for r in runs["plain"]],
            "reference_s": _median([r["s"] for r in runs["reference"]]),
            "reference_session_s": _median([r["session_s"] for r in runs["reference"]]),
@@ -403,9 +414,10 @@ def write_markdown(raw: dict, path: Path) -> None:
     L.append(kept_section(path, "summary"))
     tags = [t for t in raw if not t.startswith("_")]
     L.append("## Overview\n")
-    L.append("| tag | model | runs | calibrated prune | CPU | plain prune | ratio | reference pass (session) | "
-             "ORT runs | sessions | waves | peak RSS | fidelity (held out) | load avg |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    L.append("| tag | model | runs | calibrated prune: wall (CPU) | plain prune: wall (CPU) | calibrated / plain: "
+             "wall (CPU) | reference pass: wall (session) | ORT runs | sessions | waves | peak RSS | "
+             "fidelity (held out) | load avg |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag in tags:
         for label in MODELS:
             r = raw[tag].get(label)
@@ -413,8 +425,10 @@ def write_markdown(raw: dict, path: Path) -> None:
                 continue
             m = r["median_run"]
             comp = m["quality"]["compensation"]
-            L.append(f"| {tag} | {label} | {r['repeat']} | {r['calib_s']:.1f} s | {r['calib_cpu_s']:.1f} s | "
-                     f"{r['plain_s']:.1f} s | {r['calib_s'] / r['plain_s']:.1f}x | {r['reference_s']:.2f} s "
+            pcpu = r.get("plain_cpu_s", r["plain_run"]["total_cpu_s"])
+            L.append(f"| {tag} | {label} | {r['repeat']} | {r['calib_s']:.1f} s ({r['calib_cpu_s']:.1f} s) | "
+                     f"{r['plain_s']:.1f} s ({pcpu:.1f} s) | {r['calib_s'] / r['plain_s']:.1f}x "
+                     f"({r['calib_cpu_s'] / pcpu:.1f}x) | {r['reference_s']:.2f} s "
                      f"({r['reference_session_s']:.2f} s) | {m['ort_runs']} | {m['sessions']} | "
                      f"{comp.get('waves', '—')} | {m['VmHWM']:.0f} MB | {_fid_cell(m['fidelity'])} | "
                      f"{r['loadavg'][0]:.1f} |")
@@ -464,6 +478,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--tag", default="after", help="label of this measurement (before, after, ...)")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--render", action="store_true", help="only rewrite the results from the raw measurements")
+    p.add_argument("--import-raw", metavar="JSON", help="add the tags of another checkout's raw file (its "
+                   "'before' measurements, say) and render")
     p.add_argument("--profile", choices=MODELS, help="cProfile one calibrated run (kept under the tag's profile)")
     p.add_argument("--child", nargs=3, metavar=("MODEL", "MODE", "I"), help=argparse.SUPPRESS)
     p.add_argument("--profile-child", choices=MODELS, help=argparse.SUPPRESS)
@@ -475,7 +492,14 @@ def main(argv=None) -> int:
         print(json.dumps(profile(args.profile_child)))
         return 0
     raw = load_raw(RAW)
-    if args.profile:
+    if args.import_raw:
+        other = load_raw(Path(args.import_raw))
+        raw.setdefault("_profile", {}).update(other.pop("_profile", {}))
+        raw.update(other)
+        save_raw(RAW, raw)
+    elif args.render:
+        pass
+    elif args.profile:
         model_path(args.profile), calib_data(args.profile)
         raw.setdefault("_profile", {})[f"{args.tag}: {args.profile}"] = _spawn(["--profile-child", args.profile])
         save_raw(RAW, raw)
