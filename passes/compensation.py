@@ -14,7 +14,9 @@ the *original* layer produced on the same samples:
 
 `all` re-fits every layer whose inputs lost channels (lstsq), then every layer downstream of a change
 (lstsq, grouped and depthwise convolutions per group). Layers are processed in waves: a wave holds the
-layers whose inputs no longer change, and one pass of both models over the samples serves a whole wave.
+layers whose inputs no longer change. Both models run forward step by step over fixed batches
+(core/stepwise.py): a wave's step computes only the nodes its layers' inputs (pruned model) and outputs
+(original) need that no earlier step ran, so every node runs once over the samples, not once per wave.
 Without calibration data, `bias` uses the expected activations BatchNorm statistics give.
 """
 
@@ -26,21 +28,23 @@ from onnx import helper, numpy_helper
 
 from graphprune.core.graph import GraphView, StoredWeight, find_weight
 from graphprune.core.io import tensor_array
+from graphprune.core.stepwise import Stepwise
 from graphprune.errors import UsageError
 
 from .calibration import (
     Calibration,
     LinearLayer,
-    Probe,
+    Moments,
     batch_size,
     batches,
     by_budget,
-    cross,
     gram_bytes,
     gram_fits,
     linear_layers,
     progress,
     row_pick,
+    sample_bytes,
+    session_for,
 )
 from .choices import MODES  # noqa: F401 - the accepted values, re-exported
 
@@ -292,11 +296,26 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
         action, _, player, _ = plan[y]
         return gram_bytes(player, list(player.w_shape)) if action == "lstsq" else 0
 
-    waves = [part for wave in _waves(out, set(plan)) for part in by_budget(wave, size)]
-    with progress(f"compensation ({mode}): layer by layer", len(waves)) as advance:
-        for wave in waves:
-            _run_wave(original, pm, {y: plan[y] for y in wave}, calib, ridge, shapes, info, seed)
-            advance()
+    waves = _waves(out, set(plan))
+    # one batch size for every wave: the layers' inputs and outputs, and one layer's Gram rows at a time
+    layers = {y: p[2] for y, p in plan.items()}
+    bs = batch_size(calib, sample_bytes(layers, shapes, {y for y, p in plan.items() if p[0] == "lstsq"},
+                                        calib.n_train, outputs=True))
+    feeds = list(batches(calib.train, bs, calib.constants))
+    pruned_run = Stepwise(feeds, lambda m: session_for(m, calib))
+    orig_run = Stepwise(feeds, lambda m: session_for(m, calib))
+    try:
+        with progress(f"compensation ({mode}): waves", len(waves)) as advance:
+            for k, wave in enumerate(waves):
+                later = [y for w in waves[k + 1:] for y in w]
+                xs = pruned_run.step(pm.model, [plan[y][2].x for y in wave], [plan[y][2].x for y in later])
+                ys = orig_run.step(original, wave, later)
+                for part in by_budget(wave, size):
+                    _fit(pm, {y: plan[y] for y in part}, xs, ys, calib.n_train, ridge, info, seed)
+                advance()
+    finally:
+        pruned_run.close()
+        orig_run.close()
     info["waves"] = len(waves)
     return out, info
 
@@ -319,49 +338,31 @@ def _waves(model: onnx.ModelProto, layers: set[str]) -> list[list[str]]:
     return [waves[k] for k in sorted(waves)]
 
 
-def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float, shapes: dict, info: dict,
-              seed: int) -> None:
-    pruned_probe = Probe(pm.model, [p[2].x for p in plan.values()] + [y for y, p in plan.items() if p[0] == "stats"],
-                         calib)
-    orig_probe = Probe(original, list(plan), calib)
+def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float, info: dict, seed: int) -> None:
+    """Accumulate what the layers of one wave need over the samples (what the pruned model feeds them: `xs`,
+    what the original layers produced: `ys`, one array per batch) and write their new weights."""
     acc: dict[str, dict] = {y: {} for y in plan}
     rng = np.random.default_rng(seed)
-    per_sample = 0
-    for y, (_, layer, _, _) in plan.items():
-        for t, k in ((layer.x, layer.taps), (y, 1)):
-            dims = shapes.get(t) or [1, 4096]
-            per_sample += 8 * k * int(np.prod([v or 1 for v in dims[1:]]))
-    bs = batch_size(calib, per_sample)
-    n = calib.n_train
-    for feeds in batches(calib.train, bs, calib.constants):
-        xs = pruned_probe.run(feeds)
-        ys = orig_probe.run(feeds)
+    weights = {y: pm.value(pm.node_of[y].input[1]) for y, p in plan.items() if p[0] == "stats"}
+    for b in range(len(next(iter(ys.values())))):
         for y, (action, layer, player, kout) in plan.items():
-            x = xs[player.x]
+            x, yo = xs[player.x][b], ys[y][b]
             pick = row_pick(player, x.shape, n, rng)
-            r = player.rows(x, pick).astype(np.float64)  # [n, G', d']
-            t = LinearLayer.targets(player, ys[y][:, kout] if layer.op == "Conv" else ys[y][..., kout], pick)
-            t = t.astype(np.float64)
+            r = player.rows(x, pick)  # [n, G', d']
+            t = LinearLayer.targets(player, yo[:, kout] if layer.op == "Conv" else yo[..., kout], pick)
             a = acc[y]
             if action == "bias":
-                _add(a, "rsum", r.sum(axis=0))
-                _add(a, "tsum", t.sum(axis=0))
+                _add(a, "rsum", r.sum(axis=0, dtype=np.float64))
+                _add(a, "tsum", t.sum(axis=0, dtype=np.float64))
             elif action == "stats":
-                yp = xs[y]
-                yp = np.moveaxis(yp, 1, -1) if layer.op == "Conv" else yp
-                yp = yp.reshape(-1, yp.shape[-1]).astype(np.float64)
-                tt = t.reshape(len(t), -1)
-                if pick is not None:
-                    yp = yp[pick]
+                yp = _layer_output(pm, y, player, weights[y], r.astype(np.float64))
+                tt = t.reshape(len(t), -1).astype(np.float64)
                 _add(a, "psum", yp.sum(axis=0))
                 _add(a, "psq", np.square(yp).sum(axis=0))
                 _add(a, "tsum", tt.sum(axis=0))
                 _add(a, "tsq", np.square(tt).sum(axis=0))
             else:
-                ones = np.ones(r.shape[:2] + (1,))
-                ra = np.concatenate([r, ones], axis=2)
-                _add(a, "gram", cross(ra, ra))
-                _add(a, "cross", cross(ra, t))
+                a.setdefault("moments", Moments()).add(r, t)
             a["n"] = a.get("n", 0) + len(r)
     for y, (action, layer, player, kout) in plan.items():
         node = pm.node_of[y]
@@ -394,7 +395,8 @@ def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float
             bias.set(scale * b_old + shift)
             info["layers"][y] = "stats"
             continue
-        gram, rhs = a["gram"] / a["n"], a["cross"] / a["n"]
+        gram, rhs = _augmented(a["moments"])
+        gram, rhs = gram / a["n"], rhs / a["n"]
         g, d1, _ = gram.shape
         d = d1 - 1
         diag = np.einsum("gii->gi", gram[:, :d, :d])
@@ -411,6 +413,25 @@ def _run_wave(original, pm: _Model, plan: dict, calib: Calibration, ridge: float
         pm.write(wname, player.from_wmat(sol[:, :d, :], w.shape))
         bias.set(sol[:, d, :].reshape(-1))
         info["layers"][y] = "lstsq"
+
+
+def _layer_output(pm: _Model, y: str, player: LinearLayer, w: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """The pruned layer's output on rows `r` ([n, G, d]) with its current weights and bias, as [n, G*o]."""
+    m = player.wmat(w.astype(np.float64))  # [G, d, o]
+    out = np.matmul(r.transpose(1, 0, 2), m).transpose(1, 0, 2).reshape(len(r), -1)
+    return out + _Bias(pm, pm.node_of[y], player, out.shape[1], None).get()
+
+
+def _augmented(m: Moments) -> tuple[np.ndarray, np.ndarray]:
+    """The Gram matrix of the rows with a trailing ones column (the bias), [G, d+1, d+1], and its product
+    with the targets, [G, d+1, o], from the accumulated sums."""
+    xx, sx = m.xx(), m.sx
+    g, d, _ = xx.shape
+    gram = np.empty((g, d + 1, d + 1))
+    gram[:, :d, :d] = xx
+    gram[:, :d, d] = gram[:, d, :d] = sx
+    gram[:, d, d] = m.n
+    return gram, np.concatenate([m.xt(), m.st[:, None, :]], axis=1)
 
 
 def _add(acc: dict, key: str, value: np.ndarray) -> None:

@@ -12,7 +12,7 @@ import onnx
 
 from graphprune.core.compare import OutputAgreement
 
-from .calibration import Calibration, batches, session_for
+from .calibration import Calibration, batches, progress, session_for
 
 
 def _batch(feeds: dict[str, np.ndarray], calib: Calibration | None) -> int:
@@ -45,9 +45,11 @@ def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str
     sp = session_for(pruned, calib)
     n = len(next(iter(feeds.values())))
     acc = {k: OutputAgreement(atol, rtol) for k in names}
-    for ref, b in zip(refs, batches(feeds, _batch(feeds, calib), _constants(calib))):
-        for k, r, p in zip(names, ref, sp.run(None, b)):
-            acc[k].add(r, p)
+    with progress("fidelity: held-out samples" if held_out else "fidelity: samples", n) as advance:
+        for ref, b in zip(refs, batches(feeds, _batch(feeds, calib), _constants(calib))):
+            for k, r, p in zip(names, ref, sp.run(None, b)):
+                acc[k].add(r, p)
+            advance(len(next(iter(b.values()))))
     out = {"samples": n, "held_out": held_out, "outputs": {k: a.summary() for k, a in acc.items()}}
     if atol is not None or rtol is not None:
         out["atol"], out["rtol"] = atol, rtol

@@ -220,6 +220,36 @@ def augmented_gram(st, damping: float = DAMPING) -> np.ndarray:
     return h
 
 
+def triangular_inverse(low: np.ndarray) -> np.ndarray:
+    """Inverse of lower-triangular matrices [G, n, n] by 2x2 block recursion: n^3/3 multiply-adds in matrix
+    products (numpy has no triangular solver; its inv would take 4x as many)."""
+    n = low.shape[-1]
+    if n <= 128:
+        return np.linalg.inv(low)
+    h = n // 2
+    a, c = triangular_inverse(low[:, :h, :h]), triangular_inverse(low[:, h:, h:])
+    out = np.zeros_like(low)
+    out[:, :h, :h], out[:, h:, h:] = a, c
+    out[:, h:, :h] = -(c @ (low[:, h:, :h] @ a))
+    return out
+
+
+def inverse_diagonal_blocks(h: np.ndarray, d: int, k: int) -> np.ndarray:
+    """The k x k diagonal blocks of H^-1 over its first d rows and columns ([G, d/k, k, k]), from the
+    Cholesky factor H = L L^T: H^-1 = L^-T L^-1, so block B is the sum over rows j of L^-1[j, B]^T L^-1[j, B].
+    A matrix that is not positive definite (rounding) goes through the full inverse; one that is singular
+    raises LinAlgError."""
+    c = d // k
+    try:
+        li = triangular_inverse(np.linalg.cholesky(h))[:, :, :d]  # [G, D, d]
+    except np.linalg.LinAlgError:
+        hinv = np.linalg.inv(h)[:, :d, :d]
+        return np.moveaxis(hinv.reshape(-1, c, k, c, k)[:, np.arange(c), :, np.arange(c), :], 0, 1)
+    g, n, _ = li.shape
+    r = li.reshape(g, n, c, k).transpose(0, 2, 1, 3)  # [G, c, D, k]
+    return np.matmul(r.transpose(0, 1, 3, 2), r)
+
+
 def _obs(layer, w: np.ndarray, st) -> np.ndarray | None:
     """Per input channel: the least output error of the layer without it, the other weights and the bias
     re-fit (block OBS: tr(W_B^T (H^-1_BB)^-1 W_B)), over the layer's output energy."""
@@ -229,13 +259,11 @@ def _obs(layer, w: np.ndarray, st) -> np.ndarray | None:
     g, d, o = m.shape
     k = layer.taps
     h = augmented_gram(st)
+    c = d // k
     try:
-        hinv = np.linalg.inv(h)[:, :d, :d]
+        blocks = inverse_diagonal_blocks(h, d, k)  # [g, c, k, k]
     except np.linalg.LinAlgError:
         return None
-    c = d // k
-    blocks = hinv.reshape(g, c, k, c, k)[:, np.arange(c), :, np.arange(c), :]  # [c, g, k, k]
-    blocks = np.moveaxis(blocks, 0, 1)  # [g, c, k, k]
     try:
         binv = np.linalg.inv(blocks)
     except np.linalg.LinAlgError:

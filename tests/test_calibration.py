@@ -190,3 +190,51 @@ def test_gram_budget_splits_passes_without_changing_results(monkeypatch):
         np.testing.assert_allclose(split[y].gram, one[y].gram)
         np.testing.assert_allclose(split[y].sum, one[y].sum)
         assert split[y].count == one[y].count and split[y].rows == one[y].rows
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_float32_moments_match_float64_sums(groups):
+    """Large batch products run in float32 on shifted rows; the float64 totals stay at float32 rounding of
+    the spread (not of the mean, which is large here), and small products are exact float64."""
+    rng = np.random.default_rng(4)
+    n, d, e = 4096, 80, 24
+    x = (rng.standard_normal((n, groups, d)) * rng.uniform(0.1, 2.0, d) + 5.0).astype(np.float32)
+    t = (x[..., :e] * 0.5 + rng.standard_normal((n, groups, e))).astype(np.float32)
+    assert n * d * d >= calibration.F32_MIN_MACS
+    m = calibration.Moments()
+    for s in range(0, n, 1000):
+        m.add(x[s:s + 1000], t[s:s + 1000])
+    x64, t64 = x.astype(np.float64), t.astype(np.float64)
+    xx, xt = np.einsum("ngi,ngj->gij", x64, x64), np.einsum("ngi,ngj->gij", x64, t64)
+    c = x64 - x64.mean(axis=0)
+    spread = np.einsum("ngi,ngj->gij", c, c)  # the centred Gram: what rounding must stay small against
+    assert m.n == n
+    np.testing.assert_allclose(m.sx, x64.sum(axis=0), rtol=1e-12)
+    assert np.abs(m.xx() - xx).max() < 1e-5 * np.abs(spread).max()
+    assert np.abs(m.xt() - xt).max() < 1e-5 * np.abs(spread).max()
+    small = calibration.Moments()  # under F32_MIN_MACS: float64 throughout
+    small.add(x[:50], t[:50])
+    np.testing.assert_allclose(small.xx(), np.einsum("ngi,ngj->gij", x64[:50], x64[:50]), rtol=1e-12)
+
+
+def test_calibrated_stages_report_progress_in_samples_and_waves(monkeypatch):
+    import contextlib
+
+    from graphprune.core import progress
+
+    bars = []
+
+    @contextlib.contextmanager
+    def recorder(description, total=None):
+        bar = {"description": description, "total": total, "done": 0}
+        bars.append(bar)
+        yield lambda n=1: bar.__setitem__("done", bar["done"] + n)
+
+    monkeypatch.setattr(progress, "step", recorder)
+    monkeypatch.setattr(calibration, "BATCH_BYTES", 4 << 10)  # several batches
+    r = graphprune.prune(small_cnn(), ratio=0.5, calib={"x": samples(50)}, calib_samples=30, compensate="all")
+    by = {b["description"].split(":")[0]: b for b in bars if b["total"] is not None}
+    assert by["calibration statistics"]["total"] == by["calibration statistics"]["done"] == 30
+    waves = r.report.quality["compensation"]["waves"]
+    assert waves >= 2 and by["compensation (all)"]["total"] == by["compensation (all)"]["done"] == waves
+    assert by["fidelity"]["total"] == by["fidelity"]["done"] == 20 and "held-out" in by["fidelity"]["description"]

@@ -183,3 +183,25 @@ def test_statistics_correction_where_a_layer_is_too_wide_for_a_gram_matrix(monke
     layers = r.report.quality["compensation"]["layers"]
     assert set(layers.values()) == {"stats", "lstsq"} and layers["c2_out"] == "stats"
     assert out_of(r)["relative_error"] < out_of(none)["relative_error"]
+
+
+def test_fixed_batch_of_one_runs_sample_by_sample_with_the_same_sessions(monkeypatch):
+    """A model fixed to a batch of 1 that cannot run batched goes sample by sample: the sessions compensation
+    creates do not grow with the samples, and the weights are the batched run's."""
+    from graphprune.passes import calibration
+
+    g = GraphBuilder(seed=7)
+    x = g.input("x", [1, 3, 8, 8])
+    a = g.op("Relu", [g.conv(x, 3, 12, name="c1")])
+    b = g.op("Relu", [g.conv(a, 12, 12, name="c2")])
+    g.output(g.conv(b, 12, 6, name="c3"))
+    m = g.model()
+    batched = graphprune.prune(m, ratio=0.5, calib=feeds(40, (3, 8, 8)), calib_samples=30, compensate="all")
+    monkeypatch.setattr(calibration, "batches_agree", lambda *args: False)
+    runs = {n: graphprune.prune(m, ratio=0.5, calib=feeds(n + 10, (3, 8, 8)), calib_samples=n, compensate="all")
+            for n in (10, 30)}
+    assert runs[10].report.sessions["compensation"] == runs[30].report.sessions["compensation"]
+    assert runs[30].report.sessions["compensation"] <= 2 * runs[30].report.quality["compensation"]["waves"]
+    one = {t.name: numpy_helper.to_array(t) for t in runs[30].model.graph.initializer}
+    for t in batched.model.graph.initializer:
+        np.testing.assert_allclose(one[t.name], numpy_helper.to_array(t), rtol=1e-4, atol=1e-5)

@@ -175,3 +175,24 @@ def test_unknown_reduction_or_normalisation():
         graphprune.prune(gemm_model(), reduction="median")
     with pytest.raises(UsageError, match="^normalize= must be one of"):
         graphprune.prune(gemm_model(), normalize="softmax")
+
+
+@pytest.mark.parametrize("g, d, k", [(1, 300, 1), (2, 270, 9), (3, 36, 4)])
+def test_inverse_diagonal_blocks_match_the_full_inverse(g, d, k):
+    rng = np.random.default_rng(g)
+    x = rng.standard_normal((3 * d, g, d + 1)) * rng.uniform(0.01, 3.0, d + 1) + 0.4
+    h = np.einsum("ngi,ngj->gij", x, x) / len(x) + 1e-2 * np.eye(d + 1)
+    got = scoring.inverse_diagonal_blocks(h, d, k)
+    hinv = np.linalg.inv(h)[:, :d, :d]
+    c = d // k
+    for gi in range(g):
+        for ci in range(c):
+            b = slice(ci * k, (ci + 1) * k)
+            np.testing.assert_allclose(got[gi, ci], hinv[gi, b, b], rtol=1e-9, atol=1e-12)
+    low = np.linalg.cholesky(h)
+    np.testing.assert_allclose(scoring.triangular_inverse(low) @ low, np.broadcast_to(np.eye(d + 1), h.shape),
+                               atol=1e-9)
+    # not positive definite by rounding (an indefinite matrix here): the full inverse is used instead
+    sym = h - 2 * np.linalg.eigvalsh(h)[:, :1, None] * np.eye(d + 1)
+    np.testing.assert_allclose(scoring.inverse_diagonal_blocks(sym, d, k)[0, 0],
+                               np.linalg.inv(sym)[0, :k, :k], rtol=1e-9)
