@@ -514,7 +514,10 @@ def _weight_shape(name: str, inits: dict, producer: dict, shapes: dict) -> list 
             return np.asarray(tensor_array(inits[t]))
         return GraphView.const_value_of_constant_node(producer[t])
 
-    return list(sw.values(const)[-1].shape)
+    try:
+        return list(sw.values(const)[-1].shape)
+    except Exception:  # noqa: BLE001 - a path whose shapes do not fit (a broken model): not a weight we can read
+        return None
 
 
 def consumer_layers(analysis, skipped: dict[str, str] | None = None) -> dict[str, LinearLayer]:

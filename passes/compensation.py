@@ -106,6 +106,10 @@ class _Model:
             return "its weight is quantized (DequantizeLinear); a re-fit would need re-quantizing"
         if sw.stored_dtype() not in _FLOAT_TYPES:
             return "its weight is not stored as float"
+        try:
+            self.value(name)
+        except Exception:  # noqa: BLE001 - the stored value does not evaluate to what the layer reads
+            return "its stored weight does not evaluate through the ops before the layer"
         chain = [sw.stored] + [n.output[0] for n in sw.path]
         if any(len(self.readers.get(t, [])) != 1 or t in self.outputs for t in chain):
             return "its weight is shared with another layer"
