@@ -43,7 +43,7 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output path (default: MODEL.pruned.onnx next to the input)")
     p.add_argument("--report", metavar="PATH", help="write the report as JSON")
     add_options(p, PruneOptions, ["round_to", "head_ratio", "mlp_ratio", "max_ratio", "importance", "reduction",
-                                  "normalize", "global_pruning", "target", "strict_target", "min_keep", "calib",
+                                  "normalize", "global_pruning", "allocation", "uniform_heads", "target", "strict_target", "min_keep", "calib",
                                   "calib_images", "preprocess", "calib_samples", "compensate", "ridge", "atol", "rtol",
                                   "max_error", "metric", "seed"])
     p.add_argument("--save-plan", metavar="PATH", help="write the plan (which channels were cut) as JSON")

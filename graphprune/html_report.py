@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from .analysis.costs import group_costs
-from .core.compare import cosine, relative_error
 from .render import human
 from .version import __version__
 
@@ -81,42 +80,27 @@ def read_calibration(source, model, images=None, preprocess=None):
 
 
 def sensitivity(analysis, calib, ratios=SENSITIVITY_RATIOS, max_groups=SENSITIVITY_GROUPS) -> list[dict]:
-    """Per group: the outputs' relative error and cosine against the original when only that group loses
-    the fraction r of its channels (lowest L2 magnitude first), on the given samples (a Calibration from
-    read_calibration, or a dict of arrays keyed by input name, samples on axis 0). Computed on the oracle's
-    masked model, which equals the pruned one (the tests prove it), so nothing is rewritten."""
+    """Per group (the `max_groups` largest): the outputs' relative error and cosine against the original when
+    only that group loses the fraction r of its channels (lowest L2 magnitude first), on the given samples (a
+    Calibration from read_calibration, or a dict of arrays keyed by input name, samples on axis 0). Measured
+    by the sensitivity pass (passes/sensitivity.py) on the oracle's masked model, which equals the pruned one
+    (the tests prove it), so nothing is rewritten."""
     from graphprune.passes import calibration, scoring
-
-    from .passes.oracle import masked_model
+    from graphprune.passes import sensitivity as cost_curves
 
     model = analysis.view.model
     if isinstance(calib, dict):
         calib = calibration.prepare(calibration.load(calib, model, read_at_most=CALIB_SAMPLES), model)
-    batches = list(calibration.batches(calib.train, calib.batch or calib.n_train, calib.constants))
-
-    def outputs(m):
-        from .errors import ModelError, first_line
-
-        try:
-            sess = calibration.session_for(m, calib)
-            runs = [sess.run(None, b) for b in batches]
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's many kinds
-            raise ModelError(f"sensitivity curves need ONNX Runtime to run the model: {first_line(exc, 1000)}") from None
-        return [np.concatenate([r[k] for r in runs]).astype(np.float64).ravel() for k in range(len(runs[0]))]
-
-    base = np.concatenate(outputs(model))
+    groups = sorted(analysis.prunable, key=lambda g: -g.size)[:max_groups]
     scores = scoring.score(analysis, "l2", 0).value
+    curves = cost_curves.measure(analysis, scores, calib, samples=CALIB_SAMPLES, fractions=ratios, groups=groups).value
     rows = []
-    for g in sorted(analysis.prunable, key=lambda g: -g.size)[:max_groups]:
-        order = np.argsort(scores[g.key], kind="stable")
-        points = [{"ratio": 0.0, "removed": 0, "relative_error": 0.0, "cosine": 1.0}]
-        for r in ratios:
-            k = min(g.size - 1, int(round(g.size * r)))
-            if k <= points[-1]["removed"]:
-                continue
-            got = np.concatenate(outputs(masked_model(model, analysis.cut(g.units[order[:k]]))))
-            points.append({"ratio": r, "removed": k, "relative_error": relative_error(base, got),
-                           "cosine": cosine(base, got)})
+    for g in groups:
+        c = curves.get(g.key)
+        if c is None:
+            continue
+        points = [{"ratio": round(float(k) / g.size, 4), "removed": int(k), "relative_error": float(e),
+                   "cosine": float(cos)} for k, e, cos in zip(c.counts, c.relative_errors, c.cosines)]
         rows.append({"key": g.key, "size": g.size, "points": points})
     return rows
 

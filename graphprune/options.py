@@ -17,7 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import numpy as np
 
 from .errors import OptionError, UsageError
-from .passes.choices import IMPORTANCES, METRICS, MODES, NORMALIZATIONS, REDUCTIONS, TARGETS
+from .passes.choices import ALLOCATIONS, IMPORTANCES, METRICS, MODES, NORMALIZATIONS, REDUCTIONS, TARGETS
 from .passes.images import parse_preprocess
 
 _CLI = "cli"  # the metadata key of a field's Option
@@ -54,6 +54,15 @@ def _round_to_arg(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got '{text}'")
     return value
+
+
+def _ridge_arg(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number, got '{text}'") from None
 
 
 def parse_input_shapes(specs: list[str]) -> dict[str, list[int]]:
@@ -166,6 +175,13 @@ class PruneOptions:
     global_pruning: bool = option(False, flags=("--global",),
                                   help="rank channels of all groups together instead of cutting each group by "
                                   "--ratio")
+    allocation: str = option("auto", choices=ALLOCATIONS,  # see passes/allocation.py, passes/sensitivity.py
+                             help="how the budget is shared out: uniform (--ratio of every group), global (one "
+                             "ranking of all channels, as --global), sensitivity (cutting each group is measured "
+                             "on the calibration samples; fragile layers keep more); auto (default): uniform, "
+                             "global with --global")
+    uniform_heads: bool = option(False, help="every attention block keeps the same number of heads (for runtimes "
+                                 "that take one num_heads)")
     target: str = option("channels", choices=TARGETS,
                          help="what --ratio removes: channels (default), params or macs (of the whole model)")
     strict_target: bool = option(False, help="fail (exit code 2, nothing written) when --target/--ratio is missed "
@@ -174,7 +190,9 @@ class PruneOptions:
     compensate: str = option("auto", choices=MODES,
                              help="none, bias, lstsq or all (default: all with --calib; without it bias from "
                              "BatchNorm statistics where the model has BatchNorm, else none)")
-    ridge: float = option(1e-3, type=float, help="least-squares regularisation (relative)")
+    ridge: float | None = option(None, type=_ridge_arg, metavar="R|auto",
+                                 help="least-squares pull toward the pruned weights (relative to the input "
+                                 "variance); auto (default): chosen per layer on held-out calibration samples")
     atol: float | None = option(None, type=float, help="fidelity check: absolute output tolerance")
     rtol: float | None = option(None, type=float, help="fidelity check: relative output tolerance")
     # The accuracy guard (pipeline.py's search stage): the largest cut whose held-out error stays within it.
@@ -208,7 +226,7 @@ class PruneOptions:
         return self
 
     def _check_quality(self) -> None:
-        for name in ("reduction", "normalize", "target", "compensate", "metric"):
+        for name in ("reduction", "normalize", "target", "compensate", "metric", "allocation"):
             _one_of(self, name, quote=repr)
         if self.max_error is not None:
             if self.max_error < 0:
@@ -227,6 +245,7 @@ class PruneOptions:
         if not isinstance(self.global_pruning, (bool, np.bool_)):
             raise OptionError("{global_pruning} must be True or False, got {value!r}", value=self.global_pruning)
         self.global_pruning = bool(self.global_pruning)
+        self._check_allocation()
         if self.min_keep < 1:
             raise OptionError("{min_keep} must be a positive integer, got {value}", value=self.min_keep)
         if self.calib_samples is not None and self.calib_samples < 1:
@@ -242,6 +261,24 @@ class PruneOptions:
         if self.global_pruning and (self.head_ratio is not None or self.mlp_ratio is not None):
             raise OptionError("{head_ratio}/{mlp_ratio} only apply to uniform allocation (not {global_pruning:True})")
         _check_calib_sources(self)
+
+    def _check_allocation(self) -> None:
+        """--global is --allocation global; the two must not disagree."""
+        if self.global_pruning and self.allocation not in ("auto", "global"):
+            raise OptionError("{global_pruning:True} means {allocation:global}; it cannot be combined with "
+                              "{allocation:" + str(self.allocation) + "}")
+        if self.global_pruning or self.allocation == "global":
+            self.allocation, self.global_pruning = "global", True
+        if not isinstance(self.uniform_heads, (bool, np.bool_)):
+            raise OptionError("{uniform_heads} must be True or False, got {value!r}", value=self.uniform_heads)
+        self.uniform_heads = bool(self.uniform_heads)
+        if self.uniform_heads and self.allocation == "global":
+            raise OptionError("{uniform_heads} applies to uniform and sensitivity allocation, not "
+                              "{allocation:global}")
+        if self.uniform_heads and self.target != "channels":
+            raise OptionError("{uniform_heads} needs {target:channels} (heads are cut by {head_ratio} or {ratio})")
+        if self.allocation == "sensitivity" and self.calib is None:
+            raise OptionError("{allocation:sensitivity} needs calibration data ({calib})")
 
     def ratio_for(self, kind: str) -> float:
         """The ratio a group of this kind gets: --head-ratio / --mlp-ratio where given, else --ratio."""

@@ -5,7 +5,8 @@ returns a `StageResult(value, info)` (passes/base.py). The runner checks precond
 counts the ONNX Runtime sessions it created, and files each stage's info in the state, from which the report
 is made. `api.prune` is `run(PRUNE_STAGES, state)`; `api.analyze` runs the first three stages.
 
-    load -> normalize -> analyze -> [calibration] -> [statistics] -> scoring -> allocation | check_plan
+    load -> normalize -> analyze -> [calibration] -> [statistics] -> scoring -> [sensitivity]
+         -> allocation | check_plan
          -> rewrite -> [validate] -> [compensation -> revalidate] -> [fidelity] -> report
 
 The oracle (inside validate) proves the structural rewrite; compensation changes weights on purpose, so the
@@ -25,14 +26,14 @@ import onnx
 from .analysis import Analysis, AnalysisOptions
 from .analysis import analyze as analyze_groups
 from .analysis.costs import model_stats
-from .analysis.plan import Plan, fingerprint
+from .analysis.plan import Plan, attention_summary, fingerprint, kept_table
 from .core import progress
 from .core.graph import GraphView
 from .core.io import load_model_for_pruning
 from .core.runtime import SESSION_COUNTS, check_input_shapes, check_runnable, synthetic_inputs
 from .errors import UsageError
 from .options import PruneOptions
-from .passes import allocation, calibration, compensation, fidelity, rewrite, scoring, validate
+from .passes import allocation, calibration, compensation, fidelity, rewrite, scoring, sensitivity, validate
 from .passes.base import PreconditionError, StageResult
 from .passes.normalize import unshare_uniform_constants
 from .report import Report
@@ -54,6 +55,7 @@ class PruneState:
     calib: calibration.Calibration | None = None
     statistics: tuple | None = None  # (calibration statistics, BatchNorm estimates), either may be None
     scores: dict | None = None
+    curves: dict | None = None  # --allocation sensitivity: each group's measured cost curve
     cut: Any = None  # analysis.Cut of the plan
     pruned: onnx.ModelProto | None = None
     validation: validate.Validation | None = None
@@ -164,12 +166,24 @@ def _scoring(s: PruneState) -> StageResult:
     return res
 
 
+def _wants_sensitivity(s: PruneState) -> bool:
+    return s.given_plan is None and sensitivity.resolve(s.options.allocation, s.calib is not None) == "sensitivity"
+
+
+def _sensitivity(s: PruneState) -> StageResult:
+    """Cost curves; a removed channel reads as its calibration mean where the statistics stage measured it
+    (bias compensation folds that mean in), unless compensation is off."""
+    stats = (s.statistics or (None, None))[0] if s.options.compensate != "none" else None
+    return sensitivity.measure(s.analysis, s.scores, s.calib, fill=sensitivity.fill_values(stats))
+
+
 def _allocation(s: PruneState) -> StageResult:
     o = s.options
     return allocation.allocate(s.analysis, s.scores, fingerprint(s.original), ratio=o.ratio,
                                ratio_for=o.ratio_for, target=o.target, global_pruning=o.global_pruning,
                                max_ratio=o.max_ratio, round_to=o.round_to, min_keep=o.min_keep,
-                               normalize=o.normalize, options=o.to_dict(), strict_target=o.strict_target)
+                               normalize=o.normalize, options=o.to_dict(), strict_target=o.strict_target,
+                               costs=s.curves, uniform_heads=o.uniform_heads)
 
 
 def _check_plan(s: PruneState) -> StageResult:
@@ -301,7 +315,7 @@ def _search(s: PruneState) -> StageResult:
     return StageResult(None, info)
 
 
-QUALITY_STAGES = ("calibration", "scoring", "search", "allocation", "compensation")  # their info is report.quality
+QUALITY_STAGES = ("calibration", "scoring", "sensitivity", "search", "allocation", "compensation")  # report.quality
 
 
 def _report(s: PruneState) -> StageResult:
@@ -326,7 +340,9 @@ def _report(s: PruneState) -> StageResult:
         quality={k: s.info[k] for k in QUALITY_STAGES if k in s.info},
         fidelity=s.fidelity or {},
         internal_errors=[r.to_dict() for r in analysis.internal_errors],
+        kept=kept_table(plan, analysis),
     )
+    report.attention = attention_summary(report.kept)
     report.warnings = report.warning_lines()
     return StageResult(report)
 
@@ -349,6 +365,8 @@ PRUNE_STAGES = ANALYZE_STAGES + (
           doc="calibration statistics or BatchNorm estimates of each consumer's input"),
     Stage("scoring", _scoring, ("scores",), ("analysis",), when=lambda s: s.given_plan is None,
           doc="an importance per unit of every prunable group"),
+    Stage("sensitivity", _sensitivity, ("curves",), ("analysis", "scores", "calib"), when=_wants_sensitivity,
+          doc="what cutting each group costs, measured on calibration samples"),
     Stage("search", _search, (), ("analysis", "scores", "calib"), when=_wants_search,
           doc="--max-error: the largest ratio whose held-out error stays within the bound"),
     Stage("allocation", _allocation, ("plan",), ("analysis", "scores"), when=lambda s: s.given_plan is None,

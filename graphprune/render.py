@@ -113,6 +113,7 @@ def print_prune(result, report: dict, console: Console | None = None) -> None:
     console.print(f"groups: {rep.groups_pruned} pruned of {rep.groups_total - len(rep.groups_frozen)} prunable, "
                   f"{len(rep.groups_frozen)} frozen; channels removed: {rep.channels_removed} of "
                   f"{rep.channels_total}")
+    print_kept(rep, console)
     v = rep.validation
     if v:
         status = "passed" if v.get("runtime") else "not run"
@@ -132,6 +133,22 @@ def print_prune(result, report: dict, console: Console | None = None) -> None:
         console.print("fidelity check FAILED: nothing written")
     else:
         console.print("dry run: nothing written")
+
+
+def print_kept(rep, console: Console) -> None:
+    """Heads and MLP neurons kept per layer (transformers; every group is in the JSON report's `kept`), and
+    the note when attention blocks keep different head counts."""
+    rows = [r for r in rep.kept if r["kind"] in ("head", "mlp")]
+    if rows:
+        t = Table(title="kept per layer")
+        for col in ("layer", "kind", "kept", "of", "width"):
+            t.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+        for r in rows:
+            t.add_row(r["layer"], "heads" if r["kind"] == "head" else "MLP neurons", str(r["kept"]), str(r["size"]),
+                      str(r.get("width", "")))
+        console.print(t)
+    if rep.attention.get("note"):
+        console.print(f"  note: {rep.attention['note']}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _by_reason(why_of: dict[str, str], noun: str) -> str:
@@ -174,7 +191,7 @@ def print_quality(rep, console: Console) -> None:
         parts.append(f"scores: {s.get('importance')}{stat}{fb}")
     a = q.get("allocation")
     t = (a or {}).get("target") or {}
-    if a and (a.get("mode") == "global" or t.get("what") != "channels" or not t.get("met", True)):
+    if a and (a.get("mode") in ("global", "sensitivity") or t.get("what") != "channels" or not t.get("met", True)):
         parts.append(f"allocation: {a['mode']}, {t.get('what')} removed {a.get('achieved', 0):.1%} "
                      f"(asked {t.get('asked', a['ratio']):.1%})")
     if q.get("compensation"):
@@ -195,11 +212,17 @@ def print_quality(rep, console: Console) -> None:
     where = "held-out calibration samples" if f.get("held_out") else (
         "synthetic inputs" if f.get("inputs") == "synthetic" else "calibration samples (none held out)")
     t = Table(title=f"fidelity on {f['samples']} {where}")
-    for col in ("output", "cosine", "rel. error", "max abs diff", "top-1 agreement"):
+    nn = any("nn_agreement" in row for row in f["outputs"].values())
+    cols = ("output", "cosine", "min sample cos", "rel. error", "max abs diff", "top-1 agreement")
+    for col in cols + (("NN agreement",) if nn else ()):
         t.add_column(col, justify="right")
     for name, row in f["outputs"].items():
         top1 = f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "-"
-        t.add_row(name, f"{row['cosine']:.4f}", f"{row['relative_error']:.4f}", f"{row['max_abs_diff']:.3g}", top1)
+        cells = [name, f"{row['cosine']:.4f}", f"{row.get('min_sample_cosine', 1.0):.4f}",
+                 f"{row['relative_error']:.4f}", f"{row['max_abs_diff']:.3g}", top1]
+        if nn:
+            cells.append(f"{row['nn_agreement']:.2%}" if "nn_agreement" in row else "-")
+        t.add_row(*cells)
     console.print(t)
     if "passed" in f:
         verdict = "[green]PASSED[/green]" if f["passed"] else "[red]FAILED[/red]"

@@ -26,6 +26,8 @@ class Report:
     quality: dict = field(default_factory=dict)  # calibration, scoring, allocation, compensation details
     fidelity: dict = field(default_factory=dict)  # pruned vs original outputs on held-out samples
     internal_errors: list = field(default_factory=list)  # rules that raised (Refusal.to_dict rows): bugs
+    kept: list = field(default_factory=list)  # per prunable group: kind, layer, units kept of its size
+    attention: dict = field(default_factory=dict)  # num_heads and width per attention block; uniform or not
     warnings: list = field(default_factory=list)  # one line each: a missed --target (with the reachable maximum), a --max-error no cut meets
 
     def warning_lines(self, name_of=python_name) -> list[str]:

@@ -10,6 +10,11 @@ the fraction of the whole model's parameters or multiply-accumulates to remove. 
 by whole blocks, so one common ratio misses; passes/targets.py searches the per-group counts (a common ratio
 then single groups adjusted, or the length of the global ranking's prefix) until the cut, measured exactly,
 is within 2 points of the target, and says what stops it where it cannot be (the info's `target`).
+
+Sensitivity allocation (`costs`: the cost curves passes/sensitivity.py measured) is a global allocation whose
+ranking is each unit's marginal cost on its group's curve (per parameter or MAC for those targets), so the
+budget goes where cutting hurts least; a channel ratio is spent per kind of group (heads, MLP neurons,
+channels), and with `uniform_heads` the head groups are cut uniformly.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from graphprune.analysis.costs import CostModel
 from graphprune.analysis.plan import GroupCut, Plan
 
-from . import targets
+from . import sensitivity, targets
 from .base import StageResult
 from .choices import TARGETS  # noqa: F401 - the accepted values, re-exported
 from .scoring import normalize as norm
@@ -78,7 +83,7 @@ def _cut(plan: Plan, g, s: np.ndarray, n_remove: int) -> None:
 def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio: float, ratio_for=None,
              target: str = "channels", global_pruning: bool = False, max_ratio: float | None = None,
              round_to: int | str = 1, min_keep: int = 1, normalize: str = "lamp", options: dict | None = None,
-             strict_target: bool = False) -> StageResult:
+             strict_target: bool = False, costs: dict | None = None, uniform_heads: bool = False) -> StageResult:
     """Plan a cut. The result's value is a Plan; its info has the mode, the ratio asked, the fraction
     achieved and `target` (passes/targets.py: asked, achieved, reachable_max, met, reasons). `ratio_for(kind)`
     gives per-kind ratios for uniform allocation of channels. A target missed by more than 2 points raises
@@ -89,12 +94,15 @@ def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio
     ranked = [normed[g.key][o] for g, o in zip(groups, orders)]  # comparable across groups, ascending
     limits = {"max_ratio": max_ratio, "min_keep": min_keep, "round_to": round_to}
     measure = targets.Measure(analysis, groups, orders, CostModel(analysis, target) if target != "channels" else None)
+    if costs is not None:  # sensitivity: each unit ranked by its marginal cost (per parameter or MAC)
+        ranked = sensitivity.ranked_costs(analysis, groups, costs, target)
     # Per-kind ratios (uniform channels only): each set of groups with the same ratio is searched on its own.
     ratio_of = ratio_for if ratio_for is not None and target == "channels" and not global_pruning else (
         lambda kind: ratio)
-    parts: dict[float, list[int]] = {}
-    for i, g in enumerate(groups):
-        parts.setdefault(ratio_of(g.kind), []).append(i)
+    parts: dict = {}
+    by_kind = (costs is not None or uniform_heads) and target == "channels" and not global_pruning
+    for i, g in enumerate(groups):  # sensitivity and --uniform-heads: one part per kind, keyed (ratio, kind)
+        parts.setdefault((ratio_of(g.kind), g.kind) if by_kind else ratio_of(g.kind), []).append(i)
     sub = {r: measure if len(parts) == 1 else targets.Measure(analysis, [groups[i] for i in idx],
                                                              [orders[i] for i in idx])
            for r, idx in parts.items()}
@@ -104,16 +112,23 @@ def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio
 
     def search(**lim) -> np.ndarray:
         steps = steps_with(**lim)
-        if global_pruning:
+        if global_pruning or (costs is not None and target != "channels"):
             return targets.search_global(measure, ratio, steps, ranked)
         counts = np.zeros(len(groups), dtype=np.int64)
-        for r, idx in parts.items():
+        for key, idx in parts.items():
+            r, kind = key if isinstance(key, tuple) else (key, None)
+
             def counts_at(x, idx=idx):
                 return np.array([groups[i].size - _uniform_keep(groups[i], x, lim["max_ratio"], lim["round_to"],
                                                                 lim["min_keep"]) for i in idx])
 
-            counts[idx] = targets.search_uniform(sub[r], r, [steps[i] for i in idx], [ranked[i] for i in idx],
-                                                 counts_at)
+            if uniform_heads and kind == "head":  # one common ratio, never adjusted group by group
+                counts[idx] = _common_ratio(sub[key], r, counts_at)
+            elif kind is not None and costs is not None:
+                counts[idx] = targets.search_global(sub[key], r, [steps[i] for i in idx], [ranked[i] for i in idx])
+            else:
+                counts[idx] = targets.search_uniform(sub[key], r, [steps[i] for i in idx],
+                                                     [ranked[i] for i in idx], counts_at)
         return counts
 
     counts = search(**limits)
@@ -122,9 +137,12 @@ def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio
         if n > 0:
             plan.cuts[g.key] = GroupCut(g.key, g.size, sorted(int(j) for j in o[:n]))
     achieved = measure(counts)
-    info = {"mode": "global" if global_pruning else "uniform", "ratio": ratio, "achieved": round(achieved, 4)}
+    info = {"mode": "global" if global_pruning else "sensitivity" if costs is not None else "uniform",
+            "ratio": ratio, "achieved": round(achieved, 4)}
     if global_pruning:
         info["normalize"] = normalize
+    if costs is not None:
+        info["uniform_heads"] = uniform_heads
 
     def record(m, asked, setting, idx):
         """The target record of the groups idx (all, or those of one per-kind ratio), explained if missed."""
@@ -141,10 +159,11 @@ def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio
         t = record(measure, ratio, [("target", target), ("ratio", ratio)], everything)
     else:  # --head-ratio / --mlp-ratio: one record per ratio, and the fraction of all units they ask together
         recs = []
-        for r, idx in parts.items():
+        for key, idx in parts.items():
+            r = key[0] if isinstance(key, tuple) else key
             kinds = sorted({groups[i].kind for i in idx})
             names = [("ratio", r)] if r == ratio else [(f"{k}_ratio", r) for k in kinds]
-            recs.append(dict(record(sub[r], r, [("target", target)] + names, np.array(idx)), groups=kinds))
+            recs.append(dict(record(sub[key], r, [("target", target)] + names, np.array(idx)), groups=kinds))
         asked = sum(g.size * ratio_of(g.kind) for g in groups) / max(sum(g.size for g in groups), 1)
         t = targets.assess(target, asked, achieved, measure(targets.most(steps_with(**limits))),
                            [("target", target)] + sorted({tuple(p) for rec in recs for p in rec["setting"][1:]}))
@@ -154,3 +173,19 @@ def allocate(analysis, scores: dict[str, np.ndarray], fingerprint: str, *, ratio
     if strict_target and not t["met"]:
         raise TargetError(t)
     return StageResult(plan, info)
+
+
+def _common_ratio(measure, ratio: float, counts_at) -> np.ndarray:
+    """The counts of the common per-group ratio whose cut comes closest to `ratio` (--uniform-heads: every
+    attention block keeps the same number of heads, which adjusting single groups would break)."""
+    lo, hi = 0.0, 0.999
+    if measure(counts_at(hi)) < ratio:
+        return counts_at(hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if measure(counts_at(mid)) >= ratio:
+            hi = mid
+        else:
+            lo = mid
+    below, above = counts_at(lo), counts_at(hi)
+    return below if abs(measure(below) - ratio) <= abs(measure(above) - ratio) else above

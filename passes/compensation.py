@@ -8,7 +8,9 @@ the *original* layer produced on the same samples:
 - bias: the mean output difference goes into the layer's bias (the mean contribution of the removed
   channels; a bias input is added where the layer has none),
 - lstsq: the kept weights and the bias are re-fit by ridge-regularised least squares (convolutions through
-  the Gram matrix of their unfolded input patches),
+  the Gram matrix of their unfolded input patches), pulled toward the pruned weights with a strength chosen
+  on held-out samples (passes/ridge.py); a layer whose output goes straight into a residual Add is fit to
+  the original block output (the Add's), so it also takes up what earlier pruned layers left in the stream,
 - stats: each output channel's mean and standard deviation are matched to the original's (what BatchNorm
   recalibration does, for layers whose BatchNorm was folded away).
 
@@ -47,8 +49,9 @@ from .calibration import (
     session_for,
 )
 from .choices import MODES  # noqa: F401 - the accepted values, re-exported
+from .ridge import fit as ridge_fit
 
-RIDGE = 1e-3  # relative to the mean diagonal of a layer's input Gram matrix
+RIDGE = None  # None: chosen per layer on held-out samples (passes/ridge.py); a number: relative to the input variance
 DRIFTED = "lstsq"  # what `all` does to a layer whose inputs changed but lost no channel: lstsq or stats
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
@@ -306,16 +309,20 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
     bs = batch_size(calib, sample_bytes(layers, shapes, {y for y, p in plan.items() if p[0] == "lstsq"},
                                         calib.n_train, outputs=True))
     feeds = list(batches(calib.train, bs, calib.constants))
+    residual = _residuals(pm, view, plan, waves)  # per wave: layer -> the residual it is fit together with
     pruned_run = Stepwise(feeds, lambda m: session_for(m, calib))
     orig_run = Stepwise(feeds, lambda m: session_for(m, calib))
     try:
         with progress(f"compensation ({mode}): waves", len(waves)) as advance:
             for k, wave in enumerate(waves):
                 later = [y for w in waves[k + 1:] for y in w]
-                xs = pruned_run.step(pm.model, [plan[y][2].x for y in wave], [plan[y][2].x for y in later])
-                ys = orig_run.step(original, wave, later)
+                res_now = list(residual[k].values())
+                res_later = [r for rs in residual[k + 1:] for r in rs.values()]
+                xs = pruned_run.step(pm.model, [plan[y][2].x for y in wave] + res_now,
+                                     [plan[y][2].x for y in later] + res_later)
+                ys = orig_run.step(original, wave + res_now, later + res_later)
                 for part in by_budget(wave, size):
-                    _fit(pm, {y: plan[y] for y in part}, xs, ys, calib.n_train, ridge, info, seed)
+                    _fit(pm, {y: plan[y] for y in part}, xs, ys, calib.n_train, ridge, info, seed, residual[k])
                 advance()
     finally:
         pruned_run.close()
@@ -342,18 +349,73 @@ def _waves(model: onnx.ModelProto, layers: set[str]) -> list[list[str]]:
     return [waves[k] for k in sorted(waves)]
 
 
-def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float, info: dict, seed: int) -> None:
+def _residuals(pm: _Model, view, plan: dict, waves: list[list[str]]) -> list[dict[str, str]]:
+    """Per wave, the layers fit to the original block output, and the residual each one's output is added to
+    (`_residual`)."""
+    node_of = {n.output[0]: i for i, n in enumerate(view.nodes) if n.output}
+    out = []
+    for k, wave in enumerate(waves):
+        pending = _downstream(view, {node_of[y] for w in waves[k:] for y in w if y in node_of})
+        out.append({y: r for y in wave if plan[y][0] in ("lstsq", "bias")
+                    and (r := _residual(pm, view, y, pending)) is not None})
+    return out
+
+
+def _residual(pm: _Model, view, y: str, pending: set[str]) -> str | None:
+    """The other input r of the residual Add that layer y's output reaches (through a constant bias Add), when
+    y is its only way there and r is final (no layer still to be re-fit feeds it): fitting y to
+    original(y) + original(r) - pruned(r) reproduces the original block output, so each layer also takes up
+    the error the pruned layers before it left in the residual stream."""
+    t = y
+    for _ in range(2):
+        readers = pm.readers.get(t, [])
+        if len(readers) != 1 or t in pm.outputs or readers[0].op_type != "Add" or len(readers[0].input) != 2:
+            return None
+        other = readers[0].input[1] if readers[0].input[0] == t else readers[0].input[0]
+        if other in pm.inits:  # the bias of a MatMul
+            t = readers[0].output[0]
+            continue
+        if other in pending or view.shape(other) != view.shape(y) or \
+                (other not in view.producer and other not in view.input_names):
+            return None
+        return other
+    return None
+
+
+def _folds(layer: LinearLayer, x_shape, pick, first: int) -> np.ndarray:
+    """The fold (0 or 1) of each row of `layer.rows(x, pick)`: the parity of its sample's index (the rows of
+    one sample stay in one fold, so the held-out fold tells how a fit does on samples it has not seen)."""
+    per = layer.positions(x_shape)
+    flat = np.arange(x_shape[0] * per) if pick is None else pick
+    return (first + flat // per) % 2
+
+
+def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float | None, info: dict, seed: int,
+         residual: dict[str, str] | None = None) -> None:
     """Accumulate what the layers of one wave need over the samples (what the pruned model feeds them: `xs`,
-    what the original layers produced: `ys`, one array per batch) and write their new weights."""
+    what the original layers produced: `ys`, one array per batch) and write their new weights. A layer in
+    `residual` is fit to the original block output: its target is original(y) + original(r) - pruned(r)."""
     acc: dict[str, dict] = {y: {} for y in plan}
     rng = np.random.default_rng(seed)
     weights = {y: pm.value(pm.node_of[y].input[1]) for y, p in plan.items() if p[0] == "stats"}
+    residual = {y: r for y, r in (residual or {}).items() if y in plan}
+    if residual:
+        info["block_targets"] = info.get("block_targets", 0) + len(residual)
+    seen = {y: 0 for y in plan}  # samples before this batch, per layer (its rows' folds)
     for b in range(len(next(iter(ys.values())))):
         for y, (action, layer, player, kout) in plan.items():
             x, yo = xs[player.x][b], ys[y][b]
             pick = row_pick(player, x.shape, n, rng)
             r = player.rows(x, pick)  # [n, G', d']
-            t = LinearLayer.targets(player, yo[:, kout] if layer.op == "Conv" else yo[..., kout], pick)
+            yo = yo[:, kout] if layer.op == "Conv" else yo[..., kout]
+            if y in residual:  # the original block output, less what the pruned residual stream brings
+                ro, rp = ys[residual[y]][b], xs[residual[y]][b]
+                ro = ro[:, kout] if layer.op == "Conv" else ro[..., kout]
+                if rp.shape == yo.shape:
+                    yo = yo.astype(np.float64) + ro - rp
+            t = LinearLayer.targets(player, yo, pick)
+            fold = _folds(player, x.shape, pick, seen[y])
+            seen[y] += x.shape[0]
             a = acc[y]
             if action == "bias":
                 _add(a, "rsum", r.sum(axis=0, dtype=np.float64))
@@ -366,7 +428,10 @@ def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float, info:
                 _add(a, "tsum", tt.sum(axis=0))
                 _add(a, "tsq", np.square(tt).sum(axis=0))
             else:
-                a.setdefault("moments", Moments()).add(r, t)
+                for f in (0, 1):
+                    sel = fold == f
+                    if sel.any():
+                        a.setdefault(f"moments{f}", Moments()).add(r[sel], t[sel])
             a["n"] = a.get("n", 0) + len(r)
     for y, (action, layer, player, kout) in plan.items():
         node = pm.node_of[y]
@@ -399,24 +464,23 @@ def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float, info:
             bias.set(scale * b_old + shift)
             info["layers"][y] = "stats"
             continue
-        gram, rhs = _augmented(a["moments"])
-        gram, rhs = gram / a["n"], rhs / a["n"]
-        g, d1, _ = gram.shape
-        d = d1 - 1
-        diag = np.einsum("gii->gi", gram[:, :d, :d])
-        lam = ridge * np.maximum(diag.mean(axis=1), 1e-12)
-        reg = gram.copy()
-        reg[:, np.arange(d), np.arange(d)] += lam[:, None]
-        try:
-            sol = np.linalg.solve(reg, rhs)  # [G, d+1, o]
+        folds = []
+        for f in (0, 1):
+            mo = a.get(f"moments{f}")
+            if mo is not None and mo.n:
+                gram, rhs = _augmented(mo)
+                folds.append((gram / mo.n, rhs / mo.n, mo.n))
+        try:  # toward the pruned weights m, the ridge chosen on the other fold (passes/ridge.py)
+            sol_w, sol_b, used = ridge_fit(folds, m, ridge)
         except np.linalg.LinAlgError:
-            sol = np.stack([np.linalg.lstsq(reg[i], rhs[i], rcond=None)[0] for i in range(g)])
-        if not np.all(np.isfinite(sol)):
+            sol_w = sol_b = np.full(1, np.nan)
+        if not (np.all(np.isfinite(sol_w)) and np.all(np.isfinite(sol_b))):
             info["skipped"][y] = "its least-squares re-fit did not converge"
             continue
-        pm.write(wname, player.from_wmat(sol[:, :d, :], w.shape))
-        bias.set(sol[:, d, :].reshape(-1))
+        pm.write(wname, player.from_wmat(sol_w, w.shape))
+        bias.set(sol_b.reshape(-1))
         info["layers"][y] = "lstsq"
+        info.setdefault("ridge", {})[y] = used
 
 
 def _layer_output(pm: _Model, y: str, player: LinearLayer, w: np.ndarray, r: np.ndarray) -> np.ndarray:

@@ -205,3 +205,63 @@ def test_fixed_batch_of_one_runs_sample_by_sample_with_the_same_sessions(monkeyp
     one = {t.name: numpy_helper.to_array(t) for t in runs[30].model.graph.initializer}
     for t in batched.model.graph.initializer:
         np.testing.assert_allclose(one[t.name], numpy_helper.to_array(t), rtol=1e-4, atol=1e-5)
+
+
+# ---- ridge toward the pruned weights, chosen on held-out samples ------------------------------------------
+def _fold_sums(x, t):
+    xa = np.concatenate([x, np.ones((len(x), 1))], axis=1)[None]
+    return xa[0].T @ xa[0] / len(x), xa[0].T @ t / len(x)
+
+
+def _ridge_case(n, d=40, o=5, seed=0):
+    """t = x @ w_true + noise, where w0 (the pruned weights) is close to w_true."""
+    rng = np.random.default_rng(seed)
+    w_true = rng.standard_normal((d, o))
+    w0 = w_true + 0.05 * rng.standard_normal((d, o))
+    x = rng.standard_normal((n, d))
+    t = x @ w_true + 0.5 + 2.0 * rng.standard_normal((n, o))
+    return x, t, w_true, w0
+
+
+def test_held_out_ridge_is_strong_with_few_samples_and_weak_with_many():
+    from graphprune.passes import ridge
+
+    chosen = {}
+    for n in (30, 20000):
+        x, t, w_true, w0 = _ridge_case(n)
+        half = n // 2
+        folds = []
+        for part in (slice(0, half), slice(half, n)):
+            a, r = _fold_sums(x[part], t[part])
+            folds.append((a[None], r[None], len(x[part])))
+        w, b, used = ridge.fit(folds, w0[None], None)
+        chosen[n] = used
+        plain, *_ = np.linalg.lstsq(np.concatenate([x, np.ones((n, 1))], axis=1), t, rcond=None)
+        err, err_plain = np.linalg.norm(w[0] - w_true), np.linalg.norm(plain[:-1] - w_true)
+        assert err <= err_plain * 1.01  # never worse than plain least squares at recovering the weights
+        if n == 30:
+            assert err < 0.5 * err_plain  # few samples: pulled toward w0, far closer to the truth
+        assert abs(float(b[0].mean()) - 0.5) < (1.0 if n == 30 else 0.05)  # the bias is not shrunk
+    assert chosen[30] > chosen[20000]
+
+
+def test_residual_layers_are_fit_to_the_block_output(monkeypatch):
+    from graphprune.passes import compensation
+
+    from .test_sensitivity import feeds as mlp_feeds
+    from .test_sensitivity import two_blocks
+
+    m = two_blocks(robust=1.0)
+    cal = mlp_feeds(400, seed=3)
+    out = m.graph.output[0].name
+
+    def err(**kw):
+        r = graphprune.prune(m, ratio=0.6, calib=cal, calib_samples=300, compensate="lstsq", round_to=1, **kw)
+        return r.report.fidelity["outputs"][out]["relative_error"], r.report.quality["compensation"]
+
+    block, info = err()
+    assert info.get("block_targets") == 2
+    monkeypatch.setattr(compensation, "_residual", lambda *a, **k: None)
+    local, info = err()
+    assert "block_targets" not in info
+    assert block < local

@@ -77,3 +77,56 @@ def fingerprint(model: onnx.ModelProto) -> str:
     for t in model.graph.initializer:
         h.update(f"{t.name}:{list(t.dims)}:{t.data_type}\n".encode())
     return h.hexdigest()[:16]
+
+
+def layer_label(nodes: list[str]) -> str:
+    """A readable name for the layer a group belongs to: the common path prefix of its member nodes (the
+    TorchScript exporter names them after the module path, `/bert/encoder/layer.0/attention/...`), else the
+    first member."""
+    if not nodes:
+        return ""
+    parts = [n.split("/") for n in nodes]
+    common = []
+    for segs in zip(*parts):
+        if len(set(segs)) != 1:
+            break
+        common.append(segs[0])
+    label = "/".join(common).rstrip("/")
+    return label if label and len(common) > 1 else nodes[0]
+
+
+def kept_table(plan: Plan, analysis) -> list[dict]:
+    """Per prunable group, what the plan keeps: its kind and layer, units kept of its size, and for attention
+    heads the channels per head (head_dim) and the attention width kept (heads x head_dim)."""
+    rows = []
+    for g in analysis.prunable:
+        cut = plan.cuts.get(g.key)
+        kept = g.size - (len(cut.removed) if cut else 0)
+        row = {"group": g.key, "kind": g.kind, "layer": layer_label(g.nodes), "size": g.size, "kept": kept}
+        if g.kind == "head":  # a projection weight's axis holds every channel of every head
+            widest = max((sp.size for sp in (analysis.spaces.spaces[i] for i in g.spaces) if sp.constant),
+                         default=g.size)
+            row["head_dim"] = max(1, widest // g.size)
+            row["width"] = kept * row["head_dim"]
+        rows.append(row)
+    return rows
+
+
+def attention_summary(rows: list[dict]) -> dict:
+    """num_heads and attention width per attention block (the head groups of `kept_table`), and whether one
+    num_heads describes them all: fused attention kernels and optimizers that take a single num_heads
+    (onnxruntime.transformers.optimizer when it cannot read the count from the graph, TensorRT's plugins)
+    need every block to keep the same count (--uniform-heads)."""
+    blocks = [{"layer": r["layer"], "group": r["group"], "num_heads": r["kept"], "head_dim": r["head_dim"],
+               "width": r["width"]} for r in rows if r["kind"] == "head"]
+    if not blocks:
+        return {}
+    counts = sorted({b["num_heads"] for b in blocks})
+    out = {"blocks": blocks, "uniform": len(counts) == 1}
+    if len(counts) == 1:
+        out["num_heads"] = counts[0]
+    else:
+        out["note"] = (f"attention blocks keep different head counts ({', '.join(map(str, counts))}): no single "
+                       "num_heads describes the model; runtimes that take one (a fused attention plugin, ONNX "
+                       "Runtime's transformer optimizer where the graph does not state it) need --uniform-heads")
+    return out
