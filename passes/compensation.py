@@ -372,7 +372,7 @@ def _residual(pm: _Model, view, y: str, pending: set[str]) -> str | None:
         if len(readers) != 1 or t in pm.outputs or readers[0].op_type != "Add" or len(readers[0].input) != 2:
             return None
         other = readers[0].input[1] if readers[0].input[0] == t else readers[0].input[0]
-        if other in pm.inits:  # the bias of a MatMul
+        if pm.weight(other) is not None:  # the bias of a MatMul (an initializer or a Constant node)
             t = readers[0].output[0]
             continue
         if other in pending or view.shape(other) != view.shape(y) or \
