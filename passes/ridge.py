@@ -20,6 +20,7 @@ import numpy as np
 
 RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # relative to the mean input variance
 DEFAULT = 1e-3  # when there is no held-out fold (a single calibration sample)
+CHOICE_OUTPUTS = 64  # output columns the ridge is chosen on (a seeded subset of wider layers; the fit uses all)
 
 
 def _centred(a: np.ndarray, r: np.ndarray):
@@ -45,8 +46,22 @@ def _error(a: np.ndarray, r: np.ndarray, w: np.ndarray, b: np.ndarray) -> float:
     return float(np.einsum("gdo,gde,geo->", wa, a, wa, optimize=True) - 2.0 * np.sum(wa * r))
 
 
-def choose(folds: list[tuple[np.ndarray, np.ndarray, int]], w0: np.ndarray, grid=RIDGE_GRID) -> float:
-    """The relative ridge of the grid with the least held-out error (two folds: each fits, the other scores)."""
+def _output_subset(folds, w0, outputs: int):
+    """The folds and pruned weights restricted to a seeded subset of `outputs` output columns (all of them when
+    the layer has no more): each column's error is a separate least-squares problem sharing the Gram matrix,
+    so a subset estimates the grid's held-out errors at a fraction of the cost (MiniLM: 40 % of the prune)."""
+    o = w0.shape[2]
+    if o <= outputs:
+        return folds, w0
+    cols = np.sort(np.random.default_rng(0).choice(o, outputs, replace=False))
+    return [(a, r[:, :, cols], n) for a, r, n in folds], w0[:, :, cols]
+
+
+def choose(folds: list[tuple[np.ndarray, np.ndarray, int]], w0: np.ndarray, grid=RIDGE_GRID,
+           outputs: int = CHOICE_OUTPUTS) -> float:
+    """The relative ridge of the grid with the least held-out error (two folds: each fits, the other scores),
+    estimated on at most `outputs` output columns."""
+    folds, w0 = _output_subset(folds, w0, outputs)
     errors = np.zeros(len(grid))
     for fit, score in ((0, 1), (1, 0)):
         cov, cxt, mx, mt = _centred(folds[fit][0], folds[fit][1])
