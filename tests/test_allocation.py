@@ -143,3 +143,20 @@ def test_cli_global_macs_with_calibration(tmp_path, capsys):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["fidelity"]["held_out"] and rep["quality"]["compensation"]["mode"] == "all"
     assert abs(1 - rep["summary"]["macs"]["ratio"] - 0.5) < 0.04
+
+
+def test_mac_count_needs_no_analysis_first(tmp_path):
+    """model_stats in a fresh interpreter that imported only analysis/costs.py counts the Conv's MACs (the
+    rule table loads itself on first lookup instead of depending on import order)."""
+    import subprocess
+    import sys
+
+    g = GraphBuilder()
+    x = g.input("x", [1, 3, 8, 8])
+    g.output(g.conv(x, 3, 4, k=3))
+    path = tmp_path / "m.onnx"
+    onnx.save(g.model(), str(path))
+    code = ("import onnx, sys; from graphprune.analysis.costs import model_stats; "
+            f"print(model_stats(onnx.load({str(path)!r})).macs)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == 4 * 3 * 3 * 3 * 8 * 8
