@@ -245,6 +245,18 @@ def test_held_out_ridge_is_strong_with_few_samples_and_weak_with_many():
     assert chosen[30] > chosen[20000]
 
 
+def test_ridge_chosen_on_an_output_subset_matches_the_choice_on_all_outputs():
+    """A layer wider than ridge.CHOICE_OUTPUTS has its ridge chosen on a column subset: the grid's held-out
+    errors are estimated, so the choice stays the one made on every column, for few and for many samples."""
+    from graphprune.passes import ridge
+
+    for n in (30, 20000):
+        x, t, _, w0 = _ridge_case(n, o=3 * ridge.CHOICE_OUTPUTS, seed=1)
+        half = n // 2
+        folds = [(a[None], r[None], half) for a, r in (_fold_sums(x[:half], t[:half]), _fold_sums(x[half:], t[half:]))]
+        assert ridge.choose(folds, w0[None]) == ridge.choose(folds, w0[None], outputs=w0.shape[1])
+
+
 def test_residual_layers_are_fit_to_the_block_output(monkeypatch):
     from graphprune.passes import compensation
 
