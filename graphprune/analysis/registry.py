@@ -30,16 +30,6 @@ class Rule:
 
 
 RULES: dict[tuple[str, str], Rule] = {}
-_loaded = False
-
-
-def _load_rules() -> None:
-    """Import the rules package once, so the table is complete whichever module asks first (a MAC count
-    from analysis/costs.py without an analysis before it used to find no rule and count 0)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import rules  # noqa: F401 - registers every rule
 
 
 def register(family: str, *ops: str, domain: str = "", rewrite: Callable | None = None,
@@ -57,7 +47,6 @@ def register(family: str, *ops: str, domain: str = "", rewrite: Callable | None 
 
 
 def lookup(domain: str, op: str) -> Rule | None:
-    _load_rules()
     if domain == "ai.onnx":
         domain = ""
     return RULES.get((domain, op))
@@ -66,7 +55,6 @@ def lookup(domain: str, op: str) -> Rule | None:
 def rule_table() -> list[tuple[str, str, str]]:
     """(family, ops, doc) per registered rule, sorted: the README's supported-op table
     (scripts/gen_op_table.py). Ops of a custom domain are written domain::op."""
-    _load_rules()
     by_rule: dict[int, list[tuple[str, str]]] = {}
     rules: dict[int, Rule] = {}
     for (domain, op), rule in RULES.items():
