@@ -139,10 +139,17 @@ def _seqcls_pooled(base_attr: str):
     return adapter
 
 
-def _roberta(hf, input_ids, attention_mask):
-    out = hf.roberta(input_ids=input_ids, attention_mask=attention_mask)
-    h = out.last_hidden_state
-    return h, hf.classifier(h)  # RobertaClassificationHead reads h[:, 0]
+def _seqcls_head(base_attr: str):
+    """RoBERTa-style: the classification head (dense-tanh-dense) reads ``h[:, 0]`` itself."""
+
+    def adapter(hf, input_ids, attention_mask):
+        h = getattr(hf, base_attr)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return h, hf.classifier(h)
+
+    return adapter
+
+
+_roberta = _seqcls_head("roberta")
 
 
 def _distilbert(hf, input_ids, attention_mask):
@@ -185,6 +192,22 @@ def _pooled_image(base_attr: str, dropout: bool = False):
         return out.last_hidden_state, hf.classifier(pooled)
 
     return adapter
+
+
+def _dinov2(hf, pixel_values):
+    """DINOv2 classifier: [CLS] concatenated with the mean patch token."""
+    h = hf.dinov2(pixel_values).last_hidden_state
+    return h, hf.classifier(torch.cat([h[:, 0], h[:, 1:].mean(dim=1)], dim=1))
+
+
+def _pvt(hf, pixel_values):
+    h = hf.pvt(pixel_values).last_hidden_state
+    return h, hf.classifier(h[:, 0, :])
+
+
+def _poolformer(hf, pixel_values):
+    h = hf.poolformer(pixel_values).last_hidden_state
+    return h, hf.classifier(hf.norm(h).mean([-2, -1]))
 
 
 def _segformer(hf, pixel_values):
@@ -879,6 +902,185 @@ _ENTRIES += [
         length=32,
         dynamic=_BATCH_DYN,
     ),
+]
+
+
+def _decoder(name, description, config_class, config, model_class, base_attr="model", **kw) -> Entry:
+    """A causal-LM zoo entry: text, dynamic batch and sequence, eager attention, LM head on the last state."""
+    return Entry(name, description, "text", config_class, _mp(**config), model_class, _causal_lm(base_attr),
+                 ("last_hidden_state", "logits"), kw.pop("attn", "eager"), kw.pop("attn_note", _EAGER),
+                 max_length=64, check_length=11, dynamic=_TEXT_DYN, **kw)
+
+
+def _encoder(name, description, config_class, config, model_class, adapter=_encoder_only, **kw) -> Entry:
+    """A text-encoder zoo entry: dynamic batch and sequence, eager attention."""
+    outputs = ("last_hidden_state",) if adapter is _encoder_only else ("last_hidden_state", "logits")
+    return Entry(name, description, "text", config_class, _mp(**config), model_class, adapter, outputs,
+                 kw.pop("attn", "eager"), kw.pop("attn_note", _EAGER), max_length=64, check_length=11,
+                 dynamic=_TEXT_DYN, **kw)
+
+
+def _image(name, description, config_class, config, model_class, adapter, attn="eager", **kw) -> Entry:
+    """A vision zoo entry: 3 x side x side images (side 32 unless ``length`` says), dynamic batch."""
+    note = kw.pop("attn_note", _EAGER if attn == "eager" else "")
+    return Entry(name, description, "vision", config_class, _mp(**config), model_class, adapter,
+                 ("last_hidden_state", "logits"), attn, note, length=kw.pop("length", 32), dynamic=_BATCH_DYN,
+                 **kw)
+
+
+def _speech(name, description, config_class, config, model_class, attn="eager", **kw) -> Entry:
+    """A raw-audio encoder zoo entry (1600 samples), dynamic batch."""
+    note = kw.pop("attn_note", _EAGER if attn == "eager" else "")
+    return Entry(name, description, "audio", config_class, _mp(**config), model_class, _audio_base,
+                 ("last_hidden_state",), attn, note, length=1600, dynamic=_BATCH_DYN, **kw)
+
+
+_LM = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+           max_position_embeddings=64, tie_word_embeddings=False, use_cache=False, pad_token_id=0, bos_token_id=1,
+           eos_token_id=2)
+_BERTLIKE = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                 max_position_embeddings=66, pad_token_id=1)
+_SPEECH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16),
+               conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+               mask_time_prob=0.0)
+# MoE entries run their experts batched (experts_implementation="batched_mm": each token's expert weights
+# gathered from [E, 2I, H] / [E, H, I] tables, then batched MatMuls), the form both exporters can trace; the
+# default ("eager") loops over the experts a batch routes to, a data-dependent loop.
+_MOE = "batched_mm"
+
+# Issue 12's wider zoo: decoders with GQA / MQA / ALiBi / fused QKV / parallel blocks, MoE with batched experts,
+# encoders with relative attention, vision transformers with pooling and hierarchies, speech encoders.
+_ENTRIES += [
+    _decoder("mistral", "Mistral: LLaMA-style decoder with GQA 4 query / 2 KV heads and a sliding window (32); "
+             "hidden 64, 2 layers, FFN 128", "MistralConfig", dict(_LM, num_key_value_heads=2, sliding_window=32),
+             "MistralForCausalLM"),
+    _decoder("gemma", "Gemma: multi-query attention (1 KV head), head_dim 16, GeGLU MLP, RMSNorm (1 + w), "
+             "embeddings scaled by sqrt(hidden), tied LM head; hidden 64, 2 layers, FFN 128", "GemmaConfig",
+             dict(_LM, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True), "GemmaForCausalLM"),
+    _decoder("gpt_neox", "GPT-NeoX (Pythia): fused query_key_value viewed [B, S, H, 3D], partial RoPE (25%), "
+             "parallel attention + MLP with two LayerNorms, GELU MLP; hidden 64, 2 layers, 4 heads, FFN 128",
+             "GPTNeoXConfig", dict(_LM, rotary_pct=0.25, use_parallel_residual=True), "GPTNeoXForCausalLM",
+             "gpt_neox"),
+    _decoder("gptj", "GPT-J: parallel attention + MLP sharing one LayerNorm, interleaved rotary on 8 of 16 head "
+             "dims, no q/k/v biases; n_embd 64, 2 layers, 4 heads, FFN 128",
+             "GPTJConfig", dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_inner=128, rotary_dim=8,
+                                n_positions=64, tie_word_embeddings=False, use_cache=False, bos_token_id=1,
+                                eos_token_id=2, pad_token_id=0), "GPTJForCausalLM", "transformer"),
+    _decoder("opt", "OPT: pre-LN decoder, learned positions with offset 2, ReLU MLP, biased q/k/v/out; hidden 64, "
+             "2 layers, 4 heads, FFN 128", "OPTConfig",
+             dict(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                  word_embed_proj_dim=64, max_position_embeddings=64, tie_word_embeddings=False, use_cache=False,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2), "OPTForCausalLM"),
+    _decoder("olmo", "OLMo: LLaMA-style decoder with non-parametric LayerNorm (no weight, no bias), SwiGLU, "
+             "RoPE; hidden 64, 2 layers, 4 heads, FFN 128", "OlmoConfig", dict(_LM), "OlmoForCausalLM"),
+    _decoder("olmo2", "OLMo 2: post-norm RMSNorm blocks, q/k RMSNorm over all heads together (before the "
+             "head split), SwiGLU, RoPE; hidden 64, 2 layers, 4 heads, FFN 128", "Olmo2Config", dict(_LM),
+             "Olmo2ForCausalLM"),
+    _decoder("stablelm", "StableLM: LayerNorm decoder with partial RoPE (25%), GQA 4 query / 2 KV heads, "
+             "SwiGLU; hidden 64, 2 layers, FFN 128", "StableLmConfig",
+             dict(_LM, num_key_value_heads=2, partial_rotary_factor=0.25), "StableLmForCausalLM"),
+    _decoder("xglm", "XGLM: pre-LN decoder, sinusoidal positions with offset, embeddings scaled by "
+             "sqrt(d_model), GELU MLP; d_model 64, 2 layers, 4 heads, FFN 128", "XGLMConfig",
+             dict(vocab_size=128, d_model=64, ffn_dim=128, num_layers=2, attention_heads=4,
+                  max_position_embeddings=64, use_cache=False, pad_token_id=1, bos_token_id=0, eos_token_id=2),
+             "XGLMForCausalLM"),
+    _decoder("mpt", "MPT: ALiBi (no position embeddings), fused Wqkv chunked into q/k/v, LayerNorm without "
+             "bias, GELU MLP (ratio 2); d_model 64, 2 layers, 4 heads", "MptConfig",
+             dict(vocab_size=128, d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=64,
+                  use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), "MptForCausalLM",
+             "transformer"),
+    _decoder("codegen", "CodeGen: fused qkv_proj in 4 model-parallel blocks (reshape [B, S, 4, 3 * H/4 * D], "
+             "split, merge), interleaved rotary on 8 dims, parallel attention + MLP; n_embd 64, 2 layers, 4 heads",
+             "CodeGenConfig", dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_inner=128, rotary_dim=8,
+                                   n_positions=64, n_ctx=64, tie_word_embeddings=False, use_cache=False,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=0), "CodeGenForCausalLM",
+             "transformer"),
+    # ----------------------------------------------------------------- mixture of experts
+    _decoder("mixtral", "Mixtral: 4 experts, top-2 softmax router, SwiGLU experts stored batched, GQA 4 / 2 "
+             "heads; hidden 64, 2 layers, expert FFN 64", "MixtralConfig",
+             dict(_LM, intermediate_size=64, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                  experts_implementation=_MOE), "MixtralForCausalLM"),
+    _decoder("qwen2_moe", "Qwen2-MoE: 4 routed experts (top-2) plus a sigmoid-gated shared expert, q/k/v biases, "
+             "GQA 4 / 2 heads; hidden 64, 2 layers, expert FFN 32, shared FFN 64", "Qwen2MoeConfig",
+             dict(_LM, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                  shared_expert_intermediate_size=64, decoder_sparse_step=1, use_sliding_window=False,
+                  experts_implementation=_MOE), "Qwen2MoeForCausalLM"),
+    _decoder("olmoe", "OLMoE: 4 experts (top-2), q/k RMSNorm over all heads, SwiGLU experts stored batched; "
+             "hidden 64, 2 layers, 4 heads, expert FFN 32", "OlmoeConfig",
+             dict(_LM, intermediate_size=32, num_experts=4, num_experts_per_tok=2, experts_implementation=_MOE),
+             "OlmoeForCausalLM"),
+    # ----------------------------------------------------------------- encoders
+    _encoder("electra", "ELECTRA discriminator: factorised embedding (32 -> 64 projection), BERT encoder, "
+             "dense-GELU-dense classification head on [CLS]; hidden 64, 2 layers, 4 heads, FFN 128",
+             "ElectraConfig", dict(_BERTLIKE, embedding_size=32, num_labels=3), "ElectraForSequenceClassification",
+             _seqcls_head("electra")),
+    _encoder("mpnet", "MPNet: BERT-like encoder with a T5-style relative position bias (32 buckets) shared by "
+             "all layers, classification head on <s>; hidden 64, 2 layers, 4 heads, FFN 128", "MPNetConfig",
+             dict(_BERTLIKE, relative_attention_num_buckets=32, num_labels=3), "MPNetForSequenceClassification",
+             _seqcls_head("mpnet"), attn=None, attn_note="MPNet has no attn_implementation switch: eager"),
+    _encoder("xlm_roberta", "XLM-RoBERTa: RoBERTa encoder (padding-aware positions), classification head on <s>; "
+             "hidden 64, 2 layers, 4 heads, FFN 128", "XLMRobertaConfig",
+             dict(_BERTLIKE, type_vocab_size=1, num_labels=3), "XLMRobertaForSequenceClassification",
+             _seqcls_head("roberta")),
+    _encoder("deberta", "DeBERTa (v1): fused in_proj for q/k/v, disentangled c2p + p2c relative attention with "
+             "separate q/v biases; hidden 64, 2 layers, 4 heads, FFN 128", "DebertaConfig",
+             dict(_BERTLIKE, max_position_embeddings=64, relative_attention=True, max_relative_positions=16,
+                  pos_att_type=["c2p", "p2c"], pad_token_id=0), "DebertaModel",
+             attn=None, attn_note="DeBERTa has no attn_implementation switch: its own disentangled attention"),
+    # ----------------------------------------------------------------- vision
+    _image("beit", "BEiT: per-layer relative position bias tables, layer scale, mean-pooled patch tokens "
+           "(pooler LayerNorm) -> classifier; 8x8 patches on 3x32x32, hidden 64, 2 layers, 4 heads, FFN 128",
+           "BeitConfig", dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=128, use_relative_position_bias=True, use_mean_pooling=True,
+                              layer_scale_init_value=0.1, num_labels=10), "BeitForImageClassification",
+           _pooled_image("beit")),
+    _image("dinov2", "DINOv2: interpolated position embeddings, layer scale, SwiGLU-free MLP, classifier on "
+           "[CLS] + mean patch token; 8x8 patches on 3x32x32, hidden 64, 2 layers, 4 heads, FFN 128",
+           "Dinov2Config", dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, mlp_ratio=2, num_labels=10), "Dinov2ForImageClassification",
+           _dinov2),
+    _image("levit", "LeViT: conv stem (4 x stride 2), attention with BatchNorm-folded linears, per-head "
+           "attention biases gathered by offset, subsampling attention between stages, hardswish; 3 stages "
+           "16/32/48, 3x64x64, 10 classes", "LevitConfig",
+           dict(image_size=64, patch_size=16, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3],
+                depths=[1, 1, 1], key_dim=[8, 8, 8], mlp_ratio=[2, 2, 2], attention_ratio=[2, 2, 2],
+                num_labels=10), "LevitForImageClassification", _pooled_image("levit"), attn=None,
+           attn_note="LeViT has no attn_implementation switch", length=64),
+    _image("swinv2", "Swin V2: scaled cosine attention (normalised q and k, learned per-head logit scale), "
+           "continuous relative position bias from a small MLP, post-norm, patch merging; 2x2 patches on 3x32x32, "
+           "dims 32 -> 64, 2 stages x 2 blocks, window 4, 2/4 heads", "Swinv2Config",
+           dict(image_size=32, patch_size=2, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4,
+                mlp_ratio=2.0, num_labels=10), "Swinv2ForImageClassification", _pooled_image("swinv2"), attn=None,
+           attn_note="Swin V2 has no attn_implementation switch: cosine attention"),
+    _image("poolformer", "PoolFormer: MetaFormer blocks with average-pool token mixing (pool - x), GroupNorm(1, C), "
+           "1x1-conv MLP, layer scale; dims 16 -> 32, 2 stages x 1 block, 3x32x32 (no attention)",
+           "PoolFormerConfig", dict(hidden_sizes=[16, 32], depths=[1, 1], num_encoder_blocks=2, patch_sizes=[7, 3],
+                                    strides=[4, 2], padding=[2, 1], pool_size=3, mlp_ratio=2.0, num_labels=10),
+           "PoolFormerForImageClassification", _poolformer, attn=None, attn_note="no attention"),
+    _image("focalnet", "FocalNet: focal modulation instead of attention (depthwise convs at 2 focal levels, "
+           "gated aggregation, a 1x1 modulator), MLP, patch embeddings between stages; dims 16 -> 32, 2 stages x "
+           "1 block, 3x32x32 (no attention)", "FocalNetConfig",
+           dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], hidden_sizes=[16, 32],
+                focal_levels=[2, 2], focal_windows=[3, 3], mlp_ratio=2.0, num_labels=10),
+           "FocalNetForImageClassification", _pooled_image("focalnet"), attn=None, attn_note="no attention"),
+    _image("pvt", "PVT: pyramid of 2 stages with spatial-reduction attention (keys/values from a strided conv + "
+           "LayerNorm), [CLS] token in the last stage -> classifier; dims 16/32, 1/2 heads, 3x32x32",
+           "PvtConfig", dict(image_size=32, num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1],
+                             hidden_sizes=[16, 32], patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2],
+                             mlp_ratios=[2, 2], num_labels=10), "PvtForImageClassification", _pvt, attn=None,
+           attn_note="PVT has no attn_implementation switch"),
+    # ----------------------------------------------------------------- speech
+    _speech("hubert", "HuBERT: wav2vec2-style conv feature encoder (GroupNorm), feature projection, grouped "
+            "positional conv, post-LN encoder; conv dims 16, hidden 32, 2 layers, 4 heads, FFN 64, 1600 samples",
+            "HubertConfig", dict(_SPEECH, feat_extract_norm="group", do_stable_layer_norm=False), "HubertModel"),
+    _speech("data2vec_audio", "data2vec-audio: conv feature encoder with LayerNorm, 5 stacked positional convs "
+            "(LayerNorm each), pre-LN encoder; conv dims 16, hidden 32, 2 layers, 4 heads, FFN 64, 1600 samples",
+            "Data2VecAudioConfig", dict(_SPEECH, num_conv_pos_embeddings=5, num_conv_pos_embedding_groups=4,
+                                        conv_pos_kernel_size=5, num_conv_pos_embedding_layers=2),
+            "Data2VecAudioModel"),
+    _speech("sew", "SEW: squeezed encoder (sequence pooled by 2 before the transformer, upsampled after), grouped "
+            "positional conv with stride; conv dims 16, hidden 32, 2 layers, 4 heads, FFN 64, 1600 samples",
+            "SEWConfig", dict(_SPEECH, squeeze_factor=2, feat_extract_norm="group"), "SEWModel"),
 ]
 
 TRANSFORMER_ZOO: dict[str, Entry] = {e.name: e for e in _ENTRIES}
