@@ -189,10 +189,10 @@ def test_refusal_kind_is_checked():
 
 def _zoo_cases():
     from models import CNN_MODELS, EXPORTERS
-    from models.transformers_zoo import TRANSFORMER_EXPORTERS, TRANSFORMER_MODELS
+    from models.transformers_zoo import TRANSFORMER_EXPORTERS, TRANSFORMER_TEST_MODELS
 
     cnn = [pytest.param("cnn", n, e, id=f"cnn-{n}-{e}") for n in CNN_MODELS for e in EXPORTERS]
-    hf = [pytest.param("hf", n, e, id=f"hf-{n}-{e}") for n in TRANSFORMER_MODELS for e in TRANSFORMER_EXPORTERS]
+    hf = [pytest.param("hf", n, e, id=f"hf-{n}-{e}") for n in TRANSFORMER_TEST_MODELS for e in TRANSFORMER_EXPORTERS]
     return cnn + hf
 
 

@@ -11,7 +11,7 @@ import graphprune
 from graphprune.analysis import AnalysisOptions
 from graphprune.core import runtime
 from graphprune.passes.normalize import unshare_uniform_constants
-from models.transformers_zoo import TRANSFORMER_MODELS, get_transformer_model
+from models.transformers_zoo import TRANSFORMER_TEST_MODELS, get_transformer_model
 from tests.oracle import assert_oracle
 
 NO_ATTENTION = {"convnext"}  # ConvNeXt has no attention heads, only MLPs
@@ -34,7 +34,7 @@ def _load(name, exporter):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", [n for n in TRANSFORMER_MODELS if n not in NORMALISED_MLP])
+@pytest.mark.parametrize("name", [n for n in TRANSFORMER_TEST_MODELS if n not in NORMALISED_MLP])
 def test_heads_and_mlp_oracle(name, exporter):
     model = _load(name, exporter)
     a, pruned, removed = assert_oracle(model, seed=0, fraction=0.5)

@@ -46,6 +46,9 @@ class Group:
     consumers: list[str]
     round_multiple: int = 1  # channels per unit in the group's data spaces (for --round-to)
     kind: str = "channel"  # "channel", "head" (attention), "mlp" (linear layers), "hidden" (normalised axis)
+    # What the units are, normalisation aside: "head", "head_dim" (dimensions inside heads), "mlp" or "channel".
+    # A "hidden" group's heads (OLMo 2's q/k RMSNorm over all heads) show here why a model's heads stay whole.
+    structure: str = "channel"
 
     @property
     def size(self) -> int:
@@ -399,20 +402,27 @@ class _Analyzer:
         # Channels per unit in data spaces decide what --round-to can promise.
         per_unit = [sp.size // max(len(units), 1) for sp in spaces if not sp.constant and exclusive(sp)]
         mult = min(per_unit) if per_unit else 1
-        kind = self._kind(spaces, role_by_space)
+        kind, structure = self._kind(spaces, role_by_space)
         return Group(gid, anchor.key, ordered, list(sig), frozen, shown, nodes,
-                     list(dict.fromkeys(producers)), list(dict.fromkeys(consumers)), max(mult, 1), kind)
+                     list(dict.fromkeys(producers)), list(dict.fromkeys(consumers)), max(mult, 1), kind, structure)
 
-    def _kind(self, spaces, role_by_space) -> str:
-        """What the units are, for per-kind ratios, read from the structure: an axis marked as an attention
-        head (or head dim) by Q·Kᵀ / softmax·V is "head"; a normalised axis is "hidden"; units that linear
-        layers produce and linear layers consume (an MLP's hidden neurons, however the layers are fused) are
-        "mlp"; the rest (convolutions, a linear layer's output that no linear layer reads) are "channel"."""
+    def _kind(self, spaces, role_by_space) -> tuple[str, str]:
+        """(kind, structure): what the units are, for per-kind ratios, read from the structure: an axis marked
+        as an attention head (or head dim) by Q·Kᵀ / softmax·V is "head"; a normalised axis is "hidden"; units
+        that linear layers produce and linear layers consume (an MLP's hidden neurons, however the layers are
+        fused) are "mlp"; the rest (convolutions, a linear layer's output that no linear layer reads) are
+        "channel". ``structure`` is the same answer without the "hidden" precedence, heads told apart from
+        the dimensions inside them."""
         marks = set().union(*(self.marks.get(sp.id, ()) for sp in spaces))
-        if "hidden" in marks:
-            return "hidden"
-        if marks & set(ATTENTION_MARKS):
-            return "head"
+        structure = self._structure(spaces, role_by_space, marks)
+        kind = "hidden" if "hidden" in marks else ("head" if structure in ATTENTION_MARKS else structure)
+        return kind, structure
+
+    def _structure(self, spaces, role_by_space, marks) -> str:
+        """"head" / "head_dim" (the attention marks, heads first), "mlp" or "channel"."""
+        for mark in ATTENTION_MARKS:
+            if mark in marks:
+                return mark
         produced, consumed, conv = False, False, False
         for sp in spaces:
             for role in role_by_space.get(sp.id, []):
