@@ -133,3 +133,42 @@ def test_gemm_weight_not_constant_contraction_still_tied():
     a = run_analysis(g.model())
     grp = group_of(a, "g1", "producer")
     assert grp.frozen and any("graph input 'w'" in r for r in grp.reasons)
+
+
+@pytest.mark.parametrize("gather", ["Gather", "GatherND"])
+@pytest.mark.parametrize("weight_first", [True, False])
+def test_moe_batched_experts_are_mlp_groups(gather, weight_first):
+    """MoE experts run batched (transformers' batched_mm): each token's expert matrices are gathered from
+    [E, ...] tables by routed indices, then one MatMul per token. The experts' intermediate width is an MLP
+    group (roles on the tables where the gather reads them), not attention; cutting it slices both tables."""
+    s, h, e, i = 6, 8, 4, 12
+    g = GraphBuilder()
+    x = g.input("x", [s, h])
+    ids = g.op("ArgMax", [g.op("MatMul", [x, g.weight([h, e], "router")])], axis=1, keepdims=0)  # [S]
+    if gather == "GatherND":  # dynamo: indices [S, 1]
+        ids = g.op("Unsqueeze", [ids, g.ints([1])])
+
+    def pick(table):
+        return g.op(gather, [table, ids], name=f"pick_{table}", **({"axis": 0} if gather == "Gather" else {}))
+
+    if weight_first:  # W[S, I, H] · x[S, H, 1]
+        up = g.op("MatMul", [pick(g.weight([e, i, h], "up")), g.op("Unsqueeze", [x, g.ints([2])])], name="mm_up")
+        act = g.op("Relu", [up])  # [S, I, 1]
+        down = g.op("MatMul", [pick(g.weight([e, h, i], "down")), act], name="mm_down")  # [S, H, 1]
+        y = g.op("Squeeze", [down, g.ints([2])])
+    else:  # x[S, 1, H] · W[S, H, I]
+        up = g.op("MatMul", [g.op("Unsqueeze", [x, g.ints([1])]), pick(g.weight([e, h, i], "up"))], name="mm_up")
+        act = g.op("Relu", [up])  # [S, 1, I]
+        down = g.op("MatMul", [act, pick(g.weight([e, i, h], "down"))], name="mm_down")  # [S, 1, H]
+        y = g.op("Squeeze", [down, g.ints([1])])
+    g.output(g.op("Add", [y, x]))
+    m = g.model()
+    a = run_analysis(m)
+    grp = group_of(a, "pick_up", "producer")
+    assert not grp.frozen and grp.size == i and (grp.kind, grp.structure) == ("mlp", "mlp")
+    assert grp.consumers == ["pick_down"]
+    assert not any(gr.kind == "head" for gr in a.channel_groups)  # the token axis is no attention head
+    a, p, removed = assert_oracle(m)
+    n = i - len(removed)
+    assert init_value(p, "up").shape == ((e, n, h) if weight_first else (e, h, n))
+    assert init_value(p, "down").shape == ((e, h, n) if weight_first else (e, n, h))

@@ -166,6 +166,14 @@ class RuleContext:
                 break
         self._a.roles.append(Role(kind, sp.id, self.index, k, axis, self.is_weight(tensor)))
 
+    def role_at(self, node_index: int, kind: str, input_index: int, axis: int) -> None:
+        """A role of another node's input: a Gather that picks whole expert matrices from a weight table is
+        where the table is read, but the MatMul reading the matrices decides which axes produce channels."""
+        tensor = self.view.nodes[node_index].input[input_index]
+        sp = self.space(tensor, axis)
+        if sp is not None:
+            self._a.roles.append(Role(kind, sp.id, node_index, input_index, axis, self.is_weight(tensor)))
+
     def mark(self, tensor: str, axis: int, what: str) -> None:
         """Label a space: "hidden" (a normalised axis, cut under --prune-hidden), "head" / "head_dim" (attention
         axes: reshapes pick heads by them, and groups holding them are heads)."""

@@ -5,6 +5,8 @@ axis consumes channels and its other matrix axis produces them. Two activations 
 P·V) are handled by the same ties, and their axes are marked: the batch axes are attention heads, the axis
 Q·Kᵀ contracts and the axis P·V keeps from V are the dimension inside a head. Reshapes read these marks to
 cut whole heads (or, with --prune-head-dim, head dimensions), and groups holding them are of kind "head".
+An operand gathered from a constant table of matrices by run-time indices (MoE experts run batched) is a
+weight read where the Gather reads the table: its axes produce and consume channels like a weight's.
 """
 
 from __future__ import annotations
@@ -111,6 +113,38 @@ def _head_dims(ctx, dims, n_batch):
                            "heads: it is cut only with --prune-head-dim", BY_DESIGN)
 
 
+def _expert_table(ctx, tensor):
+    """(gather node, axis offset) when `tensor` is whole matrices picked from a constant table by run-time
+    indices along axis 0 (MoE experts run batched: ``gate_up_proj[expert_ids]``, one matrix per token; a
+    Gather on axis 0, or dynamo's GatherND with indices [..., 1]), else None. Axis j of `tensor` is axis
+    j - offset of the table (the gather rules tie them)."""
+    p = ctx.view.producer.get(tensor)
+    if p is None:
+        return None
+    node = ctx.view.nodes[p]
+    if node.op_type not in ("Gather", "GatherND") or len(node.input) < 2:
+        return None
+    table, ind = node.input[0], node.input[1]
+    rt, si = ctx.rank(table), ctx.shape(ind)
+    if not ctx.is_weight(table) or ctx.is_weight(ind) or rt is None or si is None or rt < 3:
+        return None
+    if node.op_type == "Gather" and ctx.view.attr(node, "axis", 0) == 0:
+        return p, len(si) - 1
+    if node.op_type == "GatherND" and ctx.view.attr(node, "batch_dims", 0) == 0 and si and si[-1] == 1:
+        return p, len(si) - 2
+    return None
+
+
+def _expert_roles(ctx, experts) -> None:
+    """Batched experts: each gathered operand's contraction axis consumes channels and its other matrix axis
+    produces them, as for a weight, with the roles on the table where the Gather reads it."""
+    for k, n, (gather, off) in experts:
+        if k - off >= 1:
+            ctx.role_at(gather, "consumer", 0, k - off)
+        if n is not None and n - off >= 1:
+            ctx.role_at(gather, "producer", 0, n - off)
+
+
 @register("linear", "MatMul", macs=matmul_macs)
 def matmul(ctx):
     """MatMul with numpy semantics: [..., M, K] · [..., K, N], batch axes broadcast."""
@@ -140,10 +174,13 @@ def matmul(ctx):
         nb = r - nmat
         for ax in range(nb):
             ctx.tie(t, ax, y, nb_y - nb + ax)
+    experts = [(k, n, e) for t, k, n in ((a, a_k, a_m), (b, b_k, b_n)) if (e := _expert_table(ctx, t))]
     if ctx.is_weight(b):
         _roles(ctx, b, b_k, b_n)
     elif ctx.is_weight(a):
         _roles(ctx, a, a_k, a_m)
+    elif experts:  # one matrix per token, not attention: its batch axis is the tokens
+        _expert_roles(ctx, experts)
     else:
         ctx.role("consumer", a, a_k)
         if nb_y > 0:
