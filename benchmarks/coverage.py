@@ -121,15 +121,19 @@ def _kind_verdict(r, kind) -> tuple[str, str]:
     """("cut" | "by design" | "not supported", why) for one expected kind of one export.
 
     Cut: some of its units were removed at --ratio 0.5 (an MLP of 1x1 convolutions counts as channels). Else
-    by design: frozen groups whose units are that kind (``Group.structure``, normalisation aside) exist and
-    every one is frozen by design. Else not supported: the first such group's reason that is not by design,
-    or "no group of this kind found" where the analysis never formed one."""
+    by design: frozen groups whose units are that kind (``Group.structure``, normalisation aside) exist, every
+    one is frozen by design, and one has at least 2 units (a group of one unit is an axis whose elements all
+    merged, as where WavLM folds its heads into the batch: nothing there says the heads are right to stay).
+    Else not supported: the first such group's reason that is not by design, or "no group of this kind found"
+    where the analysis never formed one."""
     if r.get(f"{kind}_cut", 0) > 0 or (kind == "mlp" and not r.get("mlp_units") and r.get("channel_cut", 0) > 0):
         return "cut", ""
     mine = [f for f in r["frozen"] if f.get("structure", f["kind"]) == kind]
     blocking = [f for f in mine if f.get("refusal") != "by_design"]
-    if mine and not blocking:
+    if mine and not blocking and max(f["size"] for f in mine) >= 2:
         return "by design", mine[0]["reason"]
+    if mine and not blocking:
+        return "not supported", f"every {kind} unit merged into one: {mine[0]['reason']}"
     if blocking:
         return "not supported", blocking[0]["reason"]
     return "not supported", f"no {kind} group found"

@@ -439,6 +439,26 @@ def test_gather_nd_trailing_axes_pass_through(indices):
         assert_oracle(m)
 
 
+def test_scatter_nd_copies_update_channels():
+    """Funnel under dynamo (its relative shift): ScatterND overwrites rows of axis 0 of the data with update
+    slices; the data's trailing channels and the updates' are one group, the indexed axis is not a channel."""
+    g, y = _nd_start()  # [3, 4, 12]
+    upd = g.op("Relu", [g.matmul(g.input("z", [2, 4, 8]), 8, 12, name="mu")])  # [2, 4, 12]
+    s = g.op("ScatterND", [y, g.ints([[0], [2]]), upd], name="snd")
+    g.output(g.matmul(s, 12, 5, name="m2"))
+    m = g.model()
+    a = run_analysis(m)
+    grp = group_of(a, "m2", "consumer")
+    assert sorted(grp.producers) == ["m1", "mu"] and not grp.frozen and grp.size == 12
+    assert_oracle(m)
+    g, y = _nd_start()  # indices into [axis 0, axis 1]: axis 1 is written by index, not a channel
+    s = g.op("ScatterND", [g.op("Transpose", [y], perm=[0, 2, 1]), g.ints([[0, 1], [2, 3]]),
+                           g.op("Relu", [g.weight([2, 4])])], name="snd")  # data [3, 12, 4]
+    g.output(g.matmul(g.op("Transpose", [s], perm=[0, 2, 1]), 12, 5, name="m2"))
+    grp = group_of(run_analysis(g.model()), "m1", "producer")
+    assert grp.frozen and any("ScatterND 'snd' writes along axis 1" in r for r in grp.reasons)
+
+
 def test_gather_nd_selects_channels_on_axis_0():
     """k = 1 constant indices into axis 0: an index map, renumbered by the rewrite."""
     g = GraphBuilder()

@@ -23,7 +23,6 @@ FROZEN_HEADS = {
     # state, which is not cut: a head cannot leave without the hidden state losing its slice.
     ("wavlm", "torchscript"): None,
     ("wavlm", "dynamo"): None,
-    ("funnel", "dynamo"): "no rule for op ScatterND",  # the dynamo export's relative shift
 }
 NORMALISED_MLP = {"convnextv2"}  # GRN divides by a mean over the MLP's channels: --prune-hidden only
 

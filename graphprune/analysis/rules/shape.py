@@ -775,6 +775,27 @@ def gather_nd(ctx):
             ctx.fix(y, a)
 
 
+@register("layout", "ScatterND")
+def scatter_nd(ctx):
+    """ScatterND: the output is the data with slices overwritten; the data axes after the k indexed ones are
+    copied whole from the updates (updates = indices[:-1] + data[k:]), so they pass through as channels."""
+    x, ind, u, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    sx, si = ctx.shape(x), ctx.shape(ind)
+    if sx is None or si is None or not si or si[-1] is None or ctx.rank(u) != len(si) - 1 + len(sx) - si[-1]:
+        ctx.freeze_node(f"ScatterND '{ctx.name}': shapes unknown")
+        return
+    k, r, q = int(si[-1]), len(sx), len(si)
+    for ax in range(r):
+        ctx.tie(x, ax, y, ax)
+    for ax in range(k, r):
+        ctx.tie(x, ax, u, q - 1 + ax - k)
+    for ax in range(q - 1):  # one update slice per index tuple
+        ctx.tie(ind, ax, u, ax)
+    ctx.fix(ind, q - 1)
+    for ax in range(k):
+        ctx.fix(x, ax, f"ScatterND '{ctx.name}' writes along axis {ax} of '{x}' by index")
+
+
 @register("layout", "GatherElements")
 def gather_elements(ctx):
     """GatherElements: the output has the indices' shape; along `axis` it picks data elements (not a
