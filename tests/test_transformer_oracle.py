@@ -11,10 +11,11 @@ import graphprune
 from graphprune.analysis import AnalysisOptions
 from graphprune.core import runtime
 from graphprune.passes.normalize import unshare_uniform_constants
-from models.transformers_zoo import TRANSFORMER_TEST_MODELS, get_transformer_model
+from models.transformers_zoo import TRANSFORMER_TEST_MODELS, TRANSFORMER_ZOO, get_transformer_model
 from tests.oracle import assert_oracle
 
-NO_ATTENTION = {"convnext"}  # ConvNeXt has no attention heads, only MLPs
+NO_ATTENTION = {n for n, e in TRANSFORMER_ZOO.items() if not e.has_attention}  # ConvNeXt, PoolFormer, ...: MLPs only
+CONV_MLP = {"poolformer"}  # its MLP is two 1x1 convolutions: channels, not MLP neurons
 EXPORTERS = ("torchscript", "dynamo")
 # Models whose heads stay whole, and the refusal that says why (None: the head axis is tied to one that is
 # kept, so the heads land in another group).
@@ -38,7 +39,8 @@ def test_heads_and_mlp_oracle(name, exporter):
     model = _load(name, exporter)
     a, pruned, removed = assert_oracle(model, seed=0, fraction=0.5)
     kinds = {g.kind for g in a.prunable}
-    assert "mlp" in kinds, f"no prunable MLP group: {[(g.key, g.kind, g.reasons[:1]) for g in a.frozen]}"
+    mlp = "channel" if name in CONV_MLP else "mlp"
+    assert mlp in kinds, f"no prunable MLP group: {[(g.key, g.kind, g.reasons[:1]) for g in a.frozen]}"
     if (name, exporter) in FROZEN_HEADS:
         assert "head" not in kinds, "heads are prunable now: update FROZEN_HEADS"
         said = FROZEN_HEADS[(name, exporter)]
