@@ -777,8 +777,9 @@ def gather_nd(ctx):
 
 @register("layout", "ScatterND")
 def scatter_nd(ctx):
-    """ScatterND: the output is the data with slices overwritten; the data axes after the k indexed ones are
-    copied whole from the updates (updates = indices[:-1] + data[k:]), so they pass through as channels."""
+    """ScatterND: slices of the updates overwrite the data; the data axes after the indexed ones pass through.
+
+    Updates are indices[:-1] + data[k:]: the trailing axes are copied whole, so they carry channels."""
     x, ind, u, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
     sx, si = ctx.shape(x), ctx.shape(ind)
     if sx is None or si is None or not si or si[-1] is None or ctx.rank(u) != len(si) - 1 + len(sx) - si[-1]:
