@@ -33,6 +33,7 @@ from graphprune.core.io import tensor_array
 from graphprune.core.stepwise import Stepwise
 from graphprune.errors import UsageError
 
+from . import tokens
 from .calibration import (
     Calibration,
     LinearLayer,
@@ -309,6 +310,7 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
     bs = batch_size(calib, sample_bytes(layers, shapes, {y for y, p in plan.items() if p[0] == "lstsq"},
                                         calib.n_train, outputs=True))
     feeds = list(batches(calib.train, bs, calib.constants))
+    masks = [{calib.token_mask: f[calib.token_mask]} if calib.token_mask else {} for f in feeds]  # per batch
     residual = _residuals(pm, view, plan, waves)  # per wave: layer -> the residual it is fit together with
     pruned_run = Stepwise(feeds, lambda m: session_for(m, calib))
     orig_run = Stepwise(feeds, lambda m: session_for(m, calib))
@@ -322,7 +324,8 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
                                      [plan[y][2].x for y in later] + res_later)
                 ys = orig_run.step(original, wave + res_now, later + res_later)
                 for part in by_budget(wave, size):
-                    _fit(pm, {y: plan[y] for y in part}, xs, ys, calib.n_train, ridge, info, seed, residual[k])
+                    _fit(pm, {y: plan[y] for y in part}, xs, ys, calib.n_train, ridge, info, seed, residual[k],
+                         masks)
                 advance()
     finally:
         pruned_run.close()
@@ -391,10 +394,11 @@ def _folds(layer: LinearLayer, x_shape, pick, first: int) -> np.ndarray:
 
 
 def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float | None, info: dict, seed: int,
-         residual: dict[str, str] | None = None) -> None:
+         residual: dict[str, str] | None = None, masks: list[dict] | None = None) -> None:
     """Accumulate what the layers of one wave need over the samples (what the pruned model feeds them: `xs`,
     what the original layers produced: `ys`, one array per batch) and write their new weights. A layer in
-    `residual` is fit to the original block output: its target is original(y) + original(r) - pruned(r)."""
+    `residual` is fit to the original block output: its target is original(y) + original(r) - pruned(r).
+    `masks` (per batch, the padding-mask input) keep the fit to the rows of real tokens (tokens.py)."""
     acc: dict[str, dict] = {y: {} for y in plan}
     rng = np.random.default_rng(seed)
     weights = {y: pm.value(pm.node_of[y].input[1]) for y, p in plan.items() if p[0] == "stats"}
@@ -405,7 +409,8 @@ def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float | None
     for b in range(len(next(iter(ys.values())))):
         for y, (action, layer, player, kout) in plan.items():
             x, yo = xs[player.x][b], ys[y][b]
-            pick = row_pick(player, x.shape, n, rng)
+            mask = masks[b] if masks else {}
+            pick = row_pick(player, x.shape, n, rng, tokens.valid_rows(x.shape, mask, next(iter(mask), None)))
             r = player.rows(x, pick)  # [n, G', d']
             yo = yo[:, kout] if layer.op == "Conv" else yo[..., kout]
             if y in residual:  # the original block output, less what the pruned residual stream brings
