@@ -639,7 +639,8 @@ class Moments:
         self._xx = self._xt = None  # centred sums
         self._s = self._u = None  # the shifts (float32 values, held as float64)
 
-    def add(self, x: np.ndarray, t: np.ndarray | None = None) -> None:
+    def add(self, x: np.ndarray, t: np.ndarray | None = None, w: np.ndarray | None = None) -> None:
+        """Add rows x (and targets t), each row counted with weight w[i] (1 without w)."""
         if self._s is None:
             self._s = x.mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
             if t is not None:
@@ -647,13 +648,16 @@ class Moments:
         n, _, d = x.shape
         dt = np.float32 if n * d * max(d, t.shape[2] if t is not None else 0) >= F32_MIN_MACS else np.float64
         xc = x.astype(dt) - self._s.astype(dt)
-        self.sx = _plus(self.sx, x.sum(axis=0, dtype=np.float64))
-        self._xx = _plus(self._xx, cross(xc, xc))
+        wc = None if w is None else np.asarray(w, dtype=np.float64)[:, None, None]
+        root = None if w is None else np.sqrt(wc).astype(dt)  # sqrt(w) on both sides: x^T x stays one syrk
+        xw = xc if w is None else xc * root
+        self.sx = _plus(self.sx, (x if w is None else x * wc).sum(axis=0, dtype=np.float64))
+        self._xx = _plus(self._xx, cross(xw, xw))
         if t is not None:
             tc = t.astype(dt) - self._u.astype(dt)
-            self.st = _plus(self.st, t.sum(axis=0, dtype=np.float64))
-            self._xt = _plus(self._xt, cross(xc, tc))
-        self.n += n
+            self.st = _plus(self.st, (t if w is None else t * wc).sum(axis=0, dtype=np.float64))
+            self._xt = _plus(self._xt, cross(xw, tc if w is None else tc * root))
+        self.n += n if w is None else float(np.sum(w, dtype=np.float64))
 
     def xx(self) -> np.ndarray:
         """sum x^T x, [G, d, d]: sum (x-s)^T (x-s) + s^T sum x + (sum x)^T s - n s^T s."""
