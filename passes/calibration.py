@@ -25,7 +25,7 @@ from graphprune.core.io import tensor_array
 from graphprune.core.runtime import session, with_outputs
 from graphprune.errors import UsageError, first_line
 
-from . import calib_sources
+from . import calib_sources, tokens
 from .calib_sources import Given, InputSpec
 
 DEFAULT_SAMPLES = 256  # calibration samples used when --calib-samples is not given
@@ -48,6 +48,7 @@ class Calibration:
     rebatch: bool = False  # the model is fixed to a batch of 1 but runs batched with a free batch axis
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # fed as they are with every batch
     source: str = ""  # what was read, for the report
+    token_mask: str | None = None  # the padding-mask input: statistics and re-fits skip padded rows (tokens.py)
 
     @property
     def n_train(self) -> int:
@@ -66,6 +67,8 @@ class Calibration:
             d["batch"] = self.batch
         if self.source:
             d["source"] = self.source
+        if self.token_mask:
+            d["rows"] = f"real tokens only ({self.token_mask} = 1)"
         return d
 
 
@@ -118,7 +121,8 @@ def load(source, model: onnx.ModelProto, samples: int | None = None, *, images=N
     if fixed_batch is not None and fixed_batch > 1:
         rest -= rest % fixed_batch
     held = {k: v[use:use + min(rest, HELD_OUT_MAX)] for k, v in out.items()} if rest > 0 else None
-    return Calibration(train, held, fixed_batch, constants=constants, source="; ".join(map(str, read)))
+    return Calibration(train, held, fixed_batch, constants=constants, source="; ".join(map(str, read)),
+                       token_mask=tokens.mask_input(train))
 
 
 def _check_names(given: dict[str, Given], specs: dict[str, InputSpec], images: bool) -> None:
@@ -573,8 +577,12 @@ class InputStats:
     def dead_rate(self) -> np.ndarray:
         return self.zeros / max(self.count, 1)
 
-    def add(self, x: np.ndarray | None, rows: np.ndarray | None) -> None:
+    def add(self, x: np.ndarray | None, rows: np.ndarray | None, valid: np.ndarray | None = None) -> None:
+        """Add a batch: its values per channel (`valid`: only those rows of a last-axis channel input count) and
+        its Gram rows."""
         if x is not None:
+            if valid is not None and self.layer.x_axis == x.ndim - 1 and valid.size * x.shape[-1] == x.size:
+                x = x.reshape(-1, x.shape[-1])[valid]
             self._add_channels(x)
         if rows is not None:
             if self._moments is None:
@@ -588,7 +596,7 @@ class InputStats:
             self.gram, self.rsum, self.rows = m.xx(), m.sx, m.n
 
     def _add_channels(self, x: np.ndarray) -> None:
-        ax = self.layer.x_axis
+        ax = min(self.layer.x_axis, x.ndim - 1)
         red = tuple(i for i in range(x.ndim) if i != ax)
         # float64 sums without a float64 copy of the activation (numpy casts chunk by chunk)
         s, ss = x.sum(axis=red, dtype=np.float64), np.square(x).sum(axis=red, dtype=np.float64)
@@ -631,7 +639,8 @@ class Moments:
         self._xx = self._xt = None  # centred sums
         self._s = self._u = None  # the shifts (float32 values, held as float64)
 
-    def add(self, x: np.ndarray, t: np.ndarray | None = None) -> None:
+    def add(self, x: np.ndarray, t: np.ndarray | None = None, w: np.ndarray | None = None) -> None:
+        """Add rows x (and targets t), each row counted with weight w[i] (1 without w)."""
         if self._s is None:
             self._s = x.mean(axis=0, dtype=np.float64).astype(np.float32).astype(np.float64)
             if t is not None:
@@ -639,13 +648,16 @@ class Moments:
         n, _, d = x.shape
         dt = np.float32 if n * d * max(d, t.shape[2] if t is not None else 0) >= F32_MIN_MACS else np.float64
         xc = x.astype(dt) - self._s.astype(dt)
-        self.sx = _plus(self.sx, x.sum(axis=0, dtype=np.float64))
-        self._xx = _plus(self._xx, cross(xc, xc))
+        wc = None if w is None else np.asarray(w, dtype=np.float64)[:, None, None]
+        root = None if w is None else np.sqrt(wc).astype(dt)  # sqrt(w) on both sides: x^T x stays one syrk
+        xw = xc if w is None else xc * root
+        self.sx = _plus(self.sx, (x if w is None else x * wc).sum(axis=0, dtype=np.float64))
+        self._xx = _plus(self._xx, cross(xw, xw))
         if t is not None:
             tc = t.astype(dt) - self._u.astype(dt)
-            self.st = _plus(self.st, t.sum(axis=0, dtype=np.float64))
-            self._xt = _plus(self._xt, cross(xc, tc))
-        self.n += n
+            self.st = _plus(self.st, (t if w is None else t * wc).sum(axis=0, dtype=np.float64))
+            self._xt = _plus(self._xt, cross(xw, tc if w is None else tc * root))
+        self.n += n if w is None else float(np.sum(w, dtype=np.float64))
 
     def xx(self) -> np.ndarray:
         """sum x^T x, [G, d, d]: sum (x-s)^T (x-s) + s^T sum x + (sum x)^T s - n s^T s."""
@@ -666,16 +678,26 @@ def _plus(total, value):
     return total
 
 
-def row_pick(layer: LinearLayer, x_shape, n_total: int, rng: np.random.Generator) -> np.ndarray | None:
+def row_pick(layer: LinearLayer, x_shape, n_total: int, rng: np.random.Generator,
+             valid: np.ndarray | None = None) -> np.ndarray | None:
     """Rows to use for Gram statistics of one batch: all, or a random subset keeping the run within
-    ROWS_BUDGET rows per layer. (Fewer rows for narrow layers, 16 per Gram feature, saved 20 % of a YOLO
-    prune's time but raised small CNNs' output error by 3-12 % with 24 samples: not done.)"""
+    ROWS_BUDGET rows per layer; with `valid` (tokens.valid_rows) only those rows. (Fewer rows for narrow
+    layers, 16 per Gram feature, saved 20 % of a YOLO prune's time but raised small CNNs' output error by
+    3-12 % with 24 samples: not done.)"""
     per = layer.positions(x_shape)
     cap = max(16, ROWS_BUDGET // max(n_total, 1))
+    if valid is not None:
+        if valid.size != x_shape[0] * per:
+            valid = None
+        elif per <= cap:
+            return np.flatnonzero(valid)
     if per <= cap:
         return None
     b = x_shape[0]
-    picks = [i * per + rng.choice(per, cap, replace=False) for i in range(b)]
+    picks = []
+    for i in range(b):
+        where = np.arange(per) if valid is None else np.flatnonzero(valid[i * per:(i + 1) * per])
+        picks.append(i * per + (where if len(where) <= cap else rng.choice(where, cap, replace=False)))
     return np.sort(np.concatenate(picks))
 
 
@@ -757,8 +779,9 @@ def _collect_pass(model, layers, calib, gram, shapes, seed, stats, channels: boo
                 st = stats.get(y)
                 if st is None:
                     st = stats[y] = InputStats(layer, x.shape[layer.x_axis])
-                rows = layer.rows(x, row_pick(layer, x.shape, n, rng)) if y in gram else None
-                st.add(x if channels else None, rows)
+                valid = tokens.valid_rows(x.shape, feeds, calib.token_mask)
+                rows = layer.rows(x, row_pick(layer, x.shape, n, rng, valid)) if y in gram else None
+                st.add(x if channels else None, rows, valid)
             advance(len(next(iter(feeds.values()))))
     for y in layers:
         stats[y].finish()

@@ -10,7 +10,9 @@ the *original* layer produced on the same samples:
 - lstsq: the kept weights and the bias are re-fit by ridge-regularised least squares (convolutions through
   the Gram matrix of their unfolded input patches), pulled toward the pruned weights with a strength chosen
   on held-out samples (passes/ridge.py); a layer whose output goes straight into a residual Add is fit to
-  the original block output (the Add's), so it also takes up what earlier pruned layers left in the stream,
+  the original block output (the Add's), so it also takes up what earlier pruned layers left in the stream;
+  where a LayerNorm reads that block output, each row (token) counts by 1 / its variance there, the weight
+  the LayerNorm gives its error (MiniLM 30 %: embedding cosine 0.911 -> 0.913),
 - stats: each output channel's mean and standard deviation are matched to the original's (what BatchNorm
   recalibration does, for layers whose BatchNorm was folded away).
 
@@ -19,7 +21,8 @@ the *original* layer produced on the same samples:
 layers whose inputs no longer change. Both models run forward step by step over fixed batches
 (core/stepwise.py): a wave's step computes only the nodes its layers' inputs (pruned model) and outputs
 (original) need that no earlier step ran, so every node runs once over the samples, not once per wave.
-Without calibration data, `bias` uses the expected activations BatchNorm statistics give.
+Without calibration data, `bias` uses the expected activations BatchNorm statistics give. With a padding mask
+among the inputs, only the rows of real tokens are fit (passes/tokens.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from graphprune.core.io import tensor_array
 from graphprune.core.stepwise import Stepwise
 from graphprune.errors import UsageError
 
+from . import tokens
 from .calibration import (
     Calibration,
     LinearLayer,
@@ -52,6 +56,8 @@ from .choices import MODES  # noqa: F401 - the accepted values, re-exported
 from .ridge import fit as ridge_fit
 
 RIDGE = None  # None: chosen per layer on held-out samples (passes/ridge.py); a number: relative to the input variance
+NORM_WEIGHTS = True  # rows of a block output that a LayerNorm reads count by 1 / their variance (what LN leaves)
+LN_EPS = 1e-5
 DRIFTED = "lstsq"  # what `all` does to a layer whose inputs changed but lost no channel: lstsq or stats
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
@@ -309,6 +315,7 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
     bs = batch_size(calib, sample_bytes(layers, shapes, {y for y, p in plan.items() if p[0] == "lstsq"},
                                         calib.n_train, outputs=True))
     feeds = list(batches(calib.train, bs, calib.constants))
+    masks = [{calib.token_mask: f[calib.token_mask]} if calib.token_mask else {} for f in feeds]  # per batch
     residual = _residuals(pm, view, plan, waves)  # per wave: layer -> the residual it is fit together with
     pruned_run = Stepwise(feeds, lambda m: session_for(m, calib))
     orig_run = Stepwise(feeds, lambda m: session_for(m, calib))
@@ -322,7 +329,8 @@ def compensate(original: onnx.ModelProto, pruned: onnx.ModelProto, cut, calib: C
                                      [plan[y][2].x for y in later] + res_later)
                 ys = orig_run.step(original, wave + res_now, later + res_later)
                 for part in by_budget(wave, size):
-                    _fit(pm, {y: plan[y] for y in part}, xs, ys, calib.n_train, ridge, info, seed, residual[k])
+                    _fit(pm, {y: plan[y] for y in part}, xs, ys, calib.n_train, ridge, info, seed, residual[k],
+                         masks)
                 advance()
     finally:
         pruned_run.close()
@@ -382,6 +390,28 @@ def _residual(pm: _Model, view, y: str, pending: set[str]) -> str | None:
     return None
 
 
+def _layer_norm_after(pm: _Model, y: str, r: str):
+    """When the residual Add of layer y's output (through its bias Add) and r feeds a LayerNormalization over
+    the last axis: the bias between y and that Add (0 when none), what the block output adds to y's own
+    output besides r; else None."""
+    t, bias = y, 0.0
+    for _ in range(2):
+        readers = pm.readers.get(t, [])
+        if len(readers) != 1 or readers[0].op_type != "Add":
+            return None
+        add = readers[0]
+        other = add.input[1] if add.input[0] == t else add.input[0]
+        if other == r:
+            norms = [n for n in pm.readers.get(add.output[0], []) if n.op_type == "LayerNormalization"]
+            axis = next((a.i for n in norms for a in n.attribute if a.name == "axis"), -1)
+            return bias if norms and axis == -1 else None
+        if pm.weight(other) is None:
+            return None
+        bias = pm.value(other).astype(np.float64)
+        t = add.output[0]
+    return None
+
+
 def _folds(layer: LinearLayer, x_shape, pick, first: int) -> np.ndarray:
     """The fold (0 or 1) of each row of `layer.rows(x, pick)`: the parity of its sample's index (the rows of
     one sample stay in one fold, so the held-out fold tells how a fit does on samples it has not seen)."""
@@ -391,28 +421,39 @@ def _folds(layer: LinearLayer, x_shape, pick, first: int) -> np.ndarray:
 
 
 def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float | None, info: dict, seed: int,
-         residual: dict[str, str] | None = None) -> None:
+         residual: dict[str, str] | None = None, masks: list[dict] | None = None) -> None:
     """Accumulate what the layers of one wave need over the samples (what the pruned model feeds them: `xs`,
     what the original layers produced: `ys`, one array per batch) and write their new weights. A layer in
-    `residual` is fit to the original block output: its target is original(y) + original(r) - pruned(r)."""
+    `residual` is fit to the original block output: its target is original(y) + original(r) - pruned(r).
+    `masks` (per batch, the padding-mask input) keep the fit to the rows of real tokens (tokens.py)."""
     acc: dict[str, dict] = {y: {} for y in plan}
     rng = np.random.default_rng(seed)
     weights = {y: pm.value(pm.node_of[y].input[1]) for y, p in plan.items() if p[0] == "stats"}
     residual = {y: r for y, r in (residual or {}).items() if y in plan}
     if residual:
         info["block_targets"] = info.get("block_targets", 0) + len(residual)
+    normed = {y: c for y, r in residual.items() if (c := _layer_norm_after(pm, y, r)) is not None} \
+        if NORM_WEIGHTS else {}
+    if normed:
+        info["norm_weighted"] = info.get("norm_weighted", 0) + len(normed)
     seen = {y: 0 for y in plan}  # samples before this batch, per layer (its rows' folds)
     for b in range(len(next(iter(ys.values())))):
         for y, (action, layer, player, kout) in plan.items():
             x, yo = xs[player.x][b], ys[y][b]
-            pick = row_pick(player, x.shape, n, rng)
+            mask = masks[b] if masks else {}
+            pick = row_pick(player, x.shape, n, rng, tokens.valid_rows(x.shape, mask, next(iter(mask), None)))
             r = player.rows(x, pick)  # [n, G', d']
             yo = yo[:, kout] if layer.op == "Conv" else yo[..., kout]
+            row_w = None
             if y in residual:  # the original block output, less what the pruned residual stream brings
                 ro, rp = ys[residual[y]][b], xs[residual[y]][b]
                 ro = ro[:, kout] if layer.op == "Conv" else ro[..., kout]
                 if rp.shape == yo.shape:
-                    yo = yo.astype(np.float64) + ro - rp
+                    block = yo.astype(np.float64) + ro
+                    if y in normed:  # each row counts as much as it does after the LayerNorm: 1 / its variance
+                        rows = LinearLayer.targets(player, block + normed[y], pick).reshape(-1, yo.shape[-1])
+                        row_w = 1.0 / (rows.var(axis=1) + LN_EPS)
+                    yo = block - rp
             t = LinearLayer.targets(player, yo, pick)
             fold = _folds(player, x.shape, pick, seen[y])
             seen[y] += x.shape[0]
@@ -431,7 +472,8 @@ def _fit(pm: _Model, plan: dict, xs: dict, ys: dict, n: int, ridge: float | None
                 for f in (0, 1):
                     sel = fold == f
                     if sel.any():
-                        a.setdefault(f"moments{f}", Moments()).add(r[sel], t[sel])
+                        a.setdefault(f"moments{f}", Moments()).add(r[sel], t[sel],
+                                                                   None if row_w is None else row_w[sel])
             a["n"] = a.get("n", 0) + len(r)
     for y, (action, layer, player, kout) in plan.items():
         node = pm.node_of[y]

@@ -277,3 +277,42 @@ def test_residual_layers_are_fit_to_the_block_output(monkeypatch):
     local, info = err()
     assert "block_targets" not in info
     assert block < local
+
+
+def test_weighted_moments_equal_the_moments_of_repeated_rows():
+    """Moments.add with integer row weights sums what adding each row that many times sums (float64 path and
+    the float32 one of large products)."""
+    from graphprune.passes.calibration import F32_MIN_MACS, Moments
+
+    rng = np.random.default_rng(0)
+    for n, d in ((40, 6), (F32_MIN_MACS // (64 * 64) + 8, 64)):
+        x, t = rng.standard_normal((n, 1, d)) + 3.0, rng.standard_normal((n, 1, 5 if d < 64 else 64))
+        w = rng.integers(0, 4, n)
+        weighted, repeated = Moments(), Moments()
+        weighted.add(x, t, w.astype(np.float64))
+        repeated.add(np.repeat(x, w, axis=0), np.repeat(t, w, axis=0))
+        assert weighted.n == repeated.n
+        tol = 1e-9 if d < 64 else 1e-4
+        for a, b in ((weighted.xx(), repeated.xx()), (weighted.xt(), repeated.xt()), (weighted.sx, repeated.sx)):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+
+
+def test_block_outputs_read_by_a_layer_norm_are_fit_row_weighted(monkeypatch):
+    """In a post-LN transformer (the zoo BERT) the attention output and FFN down projections feed residual Adds
+    read by LayerNorm: their re-fits weigh each token by 1 / its block output's variance."""
+    pytest.importorskip("transformers")
+    from graphprune.passes import compensation
+    from models.transformers_zoo import get_transformer_model
+
+    from .test_tokens import padded_feeds
+
+    bert = onnx.load(str(get_transformer_model("bert")))
+    r = graphprune.prune(bert, ratio=0.5, calib=padded_feeds(), compensate="all")
+    info = r.report.quality["compensation"]
+    assert info["norm_weighted"] == info["block_targets"] == 4  # 2 layers x (attention output, FFN down)
+    monkeypatch.setattr(compensation, "NORM_WEIGHTS", False)
+    plain = graphprune.prune(bert, ratio=0.5, calib=padded_feeds(), compensate="all")
+    assert "norm_weighted" not in plain.report.quality["compensation"]
+    w = {t.name: numpy_helper.to_array(t) for t in r.model.graph.initializer}
+    assert any(not np.array_equal(w[t.name], numpy_helper.to_array(t)) for t in plain.model.graph.initializer
+               if t.name in w and w[t.name].shape == tuple(t.dims))
